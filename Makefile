@@ -1,0 +1,55 @@
+# Guarded Inference Service: `make run` starts the service, `make test` runs the tests.
+# Everything installs into .venv; torch is pinned to its CPU build.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA ?= ../shared/data/aclImdb_labelled.tar.gz
+# glibc malloc re-maps large activations on every call without these (measured: fp32 CNN
+# batch-32 throughput 1,300 -> 2,200 reviews/s).
+export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824
+
+.PHONY: install run test lint format train bench bench-models bench-http guard-double clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m service serve
+
+test: $(STAMP)
+	$(PY) -m ruff check service agents tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check service agents tests benchmarks
+	$(PY) -m ruff format --check service agents tests benchmarks
+
+format: $(STAMP)
+	$(PY) -m ruff format service agents tests benchmarks
+
+train: $(STAMP)
+	$(PY) -m service train --data $(DATA)
+
+bench: bench-models bench-http
+
+bench-models: $(STAMP)
+	$(PY) benchmarks/models_bench.py --out benchmarks/results/models.md
+
+bench-http: $(STAMP)
+	$(PY) benchmarks/http_bench.py --out benchmarks/results/http.md
+
+# An Ollama-protocol stand-in on 127.0.0.1:11434 that answers "safe", for trying the
+# service without Ollama. It lives under tests/ and is never part of the product.
+guard-double: $(STAMP)
+	$(PY) -m tests.ollama_double --port 11434
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

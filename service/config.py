@@ -1,0 +1,108 @@
+"""Settings, read from environment variables (and an optional .env file).
+
+Every variable is documented in the README's configuration table; names are the
+upper-case field names (``guard_model`` -> ``GUARD_MODEL``). ``OLLAMA_HOST`` follows
+Ollama's own convention.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.guard.taxonomy import HAZARDS
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- server -----------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    certfile: str | None = None
+    keyfile: str | None = None
+    graceful_timeout: float = Field(30.0, gt=0)
+    log_level: str = "INFO"
+    # One JSON access line per request (method, route, status, duration, request id).
+    access_log: bool = True
+    # Requests one connection may carry before the server closes it (Hypercorn's default of
+    # 1,000 would drop long-lived HTTP/2 connections under load).
+    keep_alive_max_requests: int = Field(1_000_000_000, ge=1)
+    # Seconds an idle connection stays open.
+    keep_alive_timeout: float = Field(75.0, gt=0)
+    # Concurrent streams one HTTP/2 connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
+    h2_max_concurrent_streams: int = Field(256, ge=1)
+
+    # --- models -----------------------------------------------------------------------
+    default_model: str = "sentiment-cnn-int8"
+    # Models loaded at start; empty means every shipped artifact.
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    artifacts_dir: str | None = None
+
+    # --- request limits ---------------------------------------------------------------
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_text_chars: int = Field(20_000, ge=1)
+    max_batch: int = Field(64, ge=1)
+    request_timeout: float = Field(30.0, gt=0)
+
+    # --- guard ------------------------------------------------------------------------
+    ollama_host: str = "http://127.0.0.1:11434"
+    guard_model: str = "llama-guard3:1b"
+    guard_timeout: float = Field(10.0, gt=0)
+    guard_retries: int = Field(2, ge=0, le=10)
+    guard_retry_backoff: float = Field(0.2, ge=0)
+    guard_concurrency: int = Field(8, ge=1)
+    guard_keep_alive: str = "30m"
+    guard_num_predict: int = Field(16, ge=1)
+    guard_cache_size: int = Field(4096, ge=0)
+    guard_cache_ttl: float = Field(600.0, ge=0)
+    guard_screen_input: bool = True
+    guard_screen_output: bool = True
+    # Hazard codes that block; empty means all of S1..S14 (and any unknown code).
+    guard_block_categories: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    guard_pull: bool = False
+    guard_retry_after: int = Field(5, ge=1)
+
+    # --- A2A / auth -------------------------------------------------------------------
+    public_url: str | None = None
+    api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    agent_name: str = "Guarded Inference Service"
+    task_store_url: str | None = None
+
+    @field_validator("models", "api_tokens", "guard_block_categories", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("guard_block_categories")
+    @classmethod
+    def _known_codes(cls, value: list[str]) -> list[str]:
+        codes = [code.upper() for code in value]
+        unknown = [code for code in codes if code not in HAZARDS]
+        if unknown:
+            raise ValueError(f"unknown hazard codes {unknown}; known: S1..S14")
+        return codes
+
+    @property
+    def base_url(self) -> str:
+        """The URL clients reach us at (PUBLIC_URL, or the bind address)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.certfile and self.keyfile else "http"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
