@@ -1,0 +1,160 @@
+"""Model benchmark: every shipped artifact's latency and throughput at several batch sizes,
+measured in one run so the quantized variants read as ratios to fp32; and the Switch
+layer's index dispatch against the dense [tokens, experts, capacity] dispatch.
+
+    python benchmarks/models_bench.py [--out benchmarks/results/models.md] [--repeats N]
+
+Inputs are real-length token rows (the vectorizer's fixed length), so text length does not
+matter; tokenization is excluded (it is the same for every variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from service.models.artifacts import NAMES, PACKAGE_ARTIFACTS
+from service.models.registry import LoadedModel, positive_probability
+
+BATCHES = (1, 8, 32, 128)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def time_model(model: LoadedModel, batch: int, repeats: int) -> dict:
+    torch.manual_seed(batch)
+    ids = torch.randint(2, model.vectorizer.vocab_size, (batch, model.vectorizer.sequence_length))
+    times = []
+    with torch.inference_mode():
+        for _ in range(3):
+            positive_probability(model.module, ids)
+        deadline = time.perf_counter() + 20.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            positive_probability(model.module, ids)
+            times.append(time.perf_counter() - start)
+            if time.perf_counter() > deadline:
+                break
+    times.sort()
+    p50 = statistics.median(times)
+    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    return {"p50_ms": p50 * 1e3, "p95_ms": p95 * 1e3, "per_s": batch / p50, "runs": len(times)}
+
+
+_DISPATCH_CHILD = """
+import json, resource, sys, time, torch
+from service.models.moe import MoEConfig, SwitchLayer, dense_dispatch
+torch.manual_seed(0)
+layer = SwitchLayer(MoEConfig()).eval()
+x = torch.randn(50, 200, 32)
+fn = (lambda: layer(x)) if sys.argv[1] == "index" else (lambda: dense_dispatch(layer, x))
+with torch.inference_mode():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    times = []
+    for _ in range(int(sys.argv[2])):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+times.sort()
+print(json.dumps({"p50_ms": times[len(times) // 2] * 1e3, "peak_mib": peak / 1024}))
+"""
+
+
+def time_dispatch(kind: str, repeats: int) -> dict:
+    """Run in a fresh process so the peak-RSS growth belongs to this dispatch alone."""
+    out = subprocess.run(
+        [sys.executable, "-c", _DISPATCH_CHILD, kind, str(repeats)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/models.md")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--artifacts", default=str(PACKAGE_ARTIFACTS))
+    args = parser.parse_args()
+
+    models = {name: LoadedModel(Path(args.artifacts) / name) for name in NAMES}
+    rows = {}
+    for name, model in models.items():
+        for batch in BATCHES:
+            rows[(name, batch)] = time_model(model, batch, args.repeats)
+            r = rows[(name, batch)]
+            print(
+                f"{name:<20} batch {batch:>3}: p50 {r['p50_ms']:8.2f} ms  "
+                f"{r['per_s']:9.1f} reviews/s",
+                file=sys.stderr,
+            )
+    dispatch = {kind: time_dispatch(kind, 10) for kind in ("index", "dense")}
+
+    lines = [
+        "# Model benchmark",
+        "",
+        f"Machine: {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}. "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}.",
+        "Command: `make bench-models`. Latency is one forward pass on token ids (tokenization "
+        "excluded); median (p50) and 95th percentile over up to "
+        f"{args.repeats} runs after 3 warm-up runs; throughput = batch / p50.",
+        "",
+        "| model | params | size (bytes) | test accuracy |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, model in models.items():
+        info = model.info
+        lines.append(
+            f"| {name} | {info.params:,} | {info.size_bytes:,} | {info.test_accuracy:.4f} |"
+        )
+    lines += [
+        "",
+        "| model | batch | p50 ms | p95 ms | reviews/s | x fp32 CNN |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for (name, batch), r in rows.items():
+        ratio = r["per_s"] / rows[("sentiment-cnn", batch)]["per_s"]
+        lines.append(
+            f"| {name} | {batch} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+            f"{r['per_s']:,.0f} | {ratio:.2f} |"
+        )
+    lines += [
+        "",
+        "Switch layer at 50 x 200 tokens (10 experts, eval capacity factor 2.0), "
+        "each in a fresh process; peak = growth of the process's peak RSS during one call:",
+        "",
+        "| dispatch | p50 ms | peak memory (MiB) |",
+        "|---|---:|---:|",
+        f"| index (gather/scatter, per-sequence groups) | {dispatch['index']['p50_ms']:.2f} | "
+        f"{dispatch['index']['peak_mib']:.1f} |",
+        f"| dense [tokens, experts, capacity] | {dispatch['dense']['p50_ms']:.2f} | "
+        f"{dispatch['dense']['peak_mib']:.1f} |",
+        "",
+    ]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

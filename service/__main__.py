@@ -1,0 +1,131 @@
+"""Command line: ``python -m service {serve,train,quantize,evaluate,guard-check}``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def _data_path(args: argparse.Namespace) -> Path:
+    if args.data:
+        return Path(args.data)
+    if args.download:
+        from service.training.data import download_official
+
+        return download_official(Path("data") / "aclImdb_v1.tar.gz")
+    raise SystemExit("give --data PATH (aclImdb directory or .tar.gz) or --download")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="aclImdb directory or .tar.gz (e.g. aclImdb_v1.tar.gz)")
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download the official aclImdb_v1.tar.gz to ./data and verify its checksum",
+    )
+
+
+def cmd_train(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+    from service.models.artifacts import PACKAGE_ARTIFACTS
+    from service.training.build import build
+
+    out = Path(args.out) if args.out else PACKAGE_ARTIFACTS
+    command = "python -m service " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    cards = build(
+        _data_path(args),
+        out,
+        stages=stages,
+        seed=args.seed,
+        cnn_epochs=args.cnn_epochs,
+        moe_epochs=args.moe_epochs,
+        command=command,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    for card in cards:
+        print(
+            f"{card['name']:<20} accuracy {card['test']['accuracy']:.4f}  "
+            f"{card['size_bytes']:>10,} bytes"
+        )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from service.models.artifacts import PACKAGE_ARTIFACTS
+    from service.models.registry import ModelRegistry
+    from service.training.data import read_aclimdb
+    from service.training.evaluate import evaluate_loaded, format_table
+
+    root = Path(args.artifacts) if args.artifacts else PACKAGE_ARTIFACTS
+    model = ModelRegistry.load([args.model], root=root).get(args.model)
+    test = [r for r in read_aclimdb(_data_path(args)) if r.split == "test"]
+    if args.limit:
+        # An even spread over negatives and positives (the test set is sorted by label).
+        step = max(1, len(test) // args.limit)
+        test = test[::step][: args.limit]
+    result = evaluate_loaded(model, [r.text for r in test], [r.label for r in test])
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+def cmd_guard_check(args: argparse.Namespace) -> int:
+    from service.config import get_settings
+    from service.guard.cli import guard_check
+
+    return asyncio.run(guard_check(args.text, get_settings()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP/2 service under Hypercorn")
+    serve.add_argument("--host", help="bind address (default: HOST setting, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: PORT setting, 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: WORKERS, 1)")
+
+    for name, help_text in (
+        ("train", "train all models and write the four artifacts"),
+        ("quantize", "derive the int8 and int4 CNN artifacts from the fp32 one"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        _add_data_arguments(sub)
+        sub.add_argument("--out", help="artifacts folder (default: the package's own)")
+        sub.add_argument("--seed", type=int, default=1337)
+        sub.add_argument("--cnn-epochs", type=int, default=3)
+        sub.add_argument("--moe-epochs", type=int, default=3)
+        if name == "train":
+            sub.add_argument(
+                "--only", choices=("cnn", "moe"), help="train one model (cnn includes quantize)"
+            )
+
+    evaluate = commands.add_parser("evaluate", help="accuracy of one artifact on aclImdb/test")
+    evaluate.add_argument("--model", required=True)
+    _add_data_arguments(evaluate)
+    evaluate.add_argument("--limit", type=int, help="evaluate on N test reviews only")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--artifacts", help="artifacts folder (default: the package's own)")
+
+    check = commands.add_parser("guard-check", help="ask the guard about one text")
+    check.add_argument("text")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        from service.server import run_serve
+
+        return run_serve(args)
+    if args.command == "train":
+        stages = {"cnn": ("cnn", "quantize"), "moe": ("moe",), None: ("cnn", "quantize", "moe")}
+        return cmd_train(args, stages[args.only])
+    if args.command == "quantize":
+        return cmd_train(args, ("quantize",))
+    if args.command == "evaluate":
+        return cmd_evaluate(args)
+    return cmd_guard_check(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The on-disk form of a model: a folder with ``model.safetensors``, ``vocab.json`` and
+``card.json``. Reading checks the card against the weights before anything is built."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "model.safetensors"
+VOCAB = "vocab.json"
+CARD = "card.json"
+NAMES = ("sentiment-cnn", "sentiment-cnn-int8", "sentiment-cnn-int4", "switch-moe")
+PACKAGE_ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, or its card does not match its weights."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tensor_manifest(tensors: dict[str, torch.Tensor]) -> dict[str, dict]:
+    return {
+        name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        for name, t in sorted(tensors.items())
+    }
+
+
+def write_weights(folder: Path, tensors: dict[str, torch.Tensor]) -> dict:
+    """Save tensors; return the card fields that pin them (hash, size, manifest)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / WEIGHTS
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return {
+        "weights_file": WEIGHTS,
+        "weights_sha256": sha256_file(path),
+        "tensors": tensor_manifest(tensors),
+    }
+
+
+def write_card(folder: Path, card: dict) -> None:
+    (folder / CARD).write_text(json.dumps(card, indent=2) + "\n")
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def read_artifact(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The card and the tensors, after checking hash and every tensor's shape and dtype."""
+    card_path, weights_path = folder / CARD, folder / WEIGHTS
+    for path in (card_path, weights_path, folder / VOCAB):
+        if not path.is_file():
+            raise ArtifactError(f"artifact {folder.name!r}: missing {path.name} in {folder}")
+    card = json.loads(card_path.read_text())
+    actual = sha256_file(weights_path)
+    if actual != card.get("weights_sha256"):
+        raise ArtifactError(
+            f"artifact {folder.name!r}: {WEIGHTS} has SHA-256 {actual}, but card.json records "
+            f"{card.get('weights_sha256')}; the weights were changed or the card is stale "
+            "(rebuild with `make train`)"
+        )
+    tensors = load_file(str(weights_path))
+    manifest = tensor_manifest(tensors)
+    expected = card.get("tensors", {})
+    if manifest != expected:
+        differing = sorted(
+            name
+            for name in set(manifest) | set(expected)
+            if manifest.get(name) != expected.get(name)
+        )
+        raise ArtifactError(
+            f"artifact {folder.name!r}: tensors differ from card.json: {differing[:5]}"
+        )
+    return card, tensors

@@ -1,0 +1,253 @@
+"""From the aclImdb reviews to the four shipped artifacts.
+
+Stages: ``cnn`` trains the fp32 CNN; ``quantize`` derives the int8 and int4 variants from
+the fp32 artifact (int8 calibrated on training reviews); ``moe`` trains the Switch model.
+Every artifact is evaluated on all of aclImdb/test after it is written, by loading it back
+the way the service does, and the figures go into its card.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from service.models.artifacts import (
+    VOCAB,
+    folder_size,
+    read_artifact,
+    write_card,
+    write_weights,
+)
+from service.models.cnn import CNNConfig, SentimentCNN
+from service.models.moe import MoEConfig, SwitchClassifier
+from service.models.quantize import (
+    GROUP,
+    calibrate_int8,
+    int4_tensors,
+    int8_tensors,
+)
+from service.models.registry import LoadedModel, build_model
+from service.models.vectorizer import Vectorizer
+from service.training.data import Splits, read_aclimdb, split_reviews
+from service.training.evaluate import evaluate_loaded
+from service.training.train import TrainConfig, train
+
+VALIDATION_FRACTION = 0.2
+MAX_TOKENS = 20_000
+STAGES = ("cnn", "quantize", "moe")
+CALIBRATION_REVIEWS = 2_000
+
+
+@dataclass
+class BuildContext:
+    data: Path
+    out: Path
+    seed: int
+    splits: Splits
+    command: str
+    log: Callable[[str], None]
+
+    def data_card(self) -> dict:
+        return {
+            "dataset": "aclImdb (Stanford Large Movie Review Dataset v1.0), labelled reviews",
+            "source": self.data.name,
+            "train": len(self.splits.train),
+            "validation": len(self.splits.validation),
+            "validation_split": f"seeded {VALIDATION_FRACTION:.0%} of aclImdb/train",
+            "test": len(self.splits.test),
+            "seed": self.seed,
+        }
+
+    def test_set(self) -> tuple[list[str], list[int]]:
+        return [r.text for r in self.splits.test], [r.label for r in self.splits.test]
+
+
+def _ids(vectorizer: Vectorizer, reviews) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = vectorizer([r.text for r in reviews])
+    return ids, torch.tensor([r.label for r in reviews])
+
+
+def _write(ctx: BuildContext, name: str, tensors: dict, vectorizer: Vectorizer, card: dict):
+    """Write weights, vocabulary and card, then evaluate the artifact as served."""
+    folder = ctx.out / name
+    pinned = write_weights(folder, tensors)
+    vectorizer.save(folder / VOCAB)
+    card = {
+        "name": name,
+        "version": f"1.0.0+{pinned['weights_sha256'][:8]}",
+        **card,
+        "data": ctx.data_card(),
+        "command": ctx.command,
+        "created": dt.date.today().isoformat(),
+        "built_with": {"torch": torch.__version__, "python": platform.python_version()},
+        "weights_bytes": (folder / pinned["weights_file"]).stat().st_size,
+        **pinned,
+    }
+    write_card(folder, card)
+    texts, labels = ctx.test_set()
+    ctx.log(f"{name}: evaluating on {len(texts)} test reviews")
+    result = evaluate_loaded(LoadedModel(folder), texts, labels)
+    card["test"] = {
+        k: v for k, v in result.items() if k in ("n", "accuracy", "expert_share", "drop_rate")
+    }
+    write_card(folder, card)
+    card["size_bytes"] = folder_size(folder)
+    write_card(folder, card)  # size_bytes counts the card as written before it
+    ctx.log(f"{name}: test accuracy {result['accuracy']:.4f}, {card['size_bytes']:,} bytes")
+    return card
+
+
+def build_cnn(ctx: BuildContext, epochs: int) -> dict:
+    config = CNNConfig(vocab_size=MAX_TOKENS)
+    vectorizer = Vectorizer.fit((r.text for r in ctx.splits.train), MAX_TOKENS, 500)
+    train_ids, train_y = _ids(vectorizer, ctx.splits.train)
+    val_ids, val_y = _ids(vectorizer, ctx.splits.validation)
+    torch.manual_seed(ctx.seed)
+    model = SentimentCNN(config)
+    tcfg = TrainConfig(epochs=epochs, batch_size=32, max_lr=2e-3, seed=ctx.seed)
+    result = train(model, train_ids, train_y, val_ids, val_y, tcfg, desc="cnn", log=ctx.log)
+    tensors = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+    return _write(
+        ctx,
+        "sentiment-cnn",
+        tensors,
+        vectorizer,
+        {
+            "architecture": "cnn",
+            "quantization": None,
+            "description": "Embedding, two strided Conv1d, global max pool, dense head (fp32).",
+            "config": config.to_dict(),
+            "params": sum(p.numel() for p in result.model.parameters()),
+            "training": {
+                **tcfg.to_dict(),
+                "best_epoch": result.best_epoch,
+                "best_val_accuracy": result.best_val_accuracy,
+                "history": result.history,
+            },
+        },
+    )
+
+
+def build_quantized(ctx: BuildContext) -> list[dict]:
+    card, tensors = read_artifact(ctx.out / "sentiment-cnn")
+    fp32 = build_model(card, tensors)
+    vectorizer = Vectorizer.load(ctx.out / "sentiment-cnn" / VOCAB)
+    calibration = [r.text for r in ctx.splits.train[:CALIBRATION_REVIEWS]]
+    batches = [vectorizer(calibration[i : i + 100]) for i in range(0, len(calibration), 100)]
+    ranges = calibrate_int8(fp32, batches)
+    ctx.log(f"int8 calibration on {len(calibration)} training reviews: {ranges}")
+    common = {
+        "architecture": "cnn",
+        "config": card["config"],
+        "params": card["params"],
+        "base_model": {
+            "name": card["name"],
+            "weights_sha256": card["weights_sha256"],
+            "test_accuracy": card["test"]["accuracy"],
+        },
+        "training": card["training"],
+    }
+    int8 = _write(
+        ctx,
+        "sentiment-cnn-int8",
+        int8_tensors(fp32, ranges),
+        vectorizer,
+        {
+            **common,
+            "quantization": "int8",
+            "description": "Static int8: int8 weights (per-channel) and activations, convolutions "
+            "as int8 x int8 -> int32 matrix products.",
+            "quantization_details": {
+                "weights": "symmetric int8, per output channel",
+                "embedding": "int8 with the first convolution's input scale",
+                "activations": "static: conv1 input symmetric, conv2 input asymmetric (uint8 "
+                "range), 99.99th percentile of ReLU outputs",
+                "calibration_reviews": len(calibration),
+                "ranges": ranges,
+            },
+        },
+    )
+    int4 = _write(
+        ctx,
+        "sentiment-cnn-int4",
+        int4_tensors(fp32),
+        vectorizer,
+        {
+            **common,
+            "quantization": "int4",
+            "description": "Weight-only int4 with per-group fp16 scales; fp32 compute.",
+            "quantization_details": {
+                "weights": f"symmetric int4 [-7, 7], one fp16 scale per {GROUP} values, "
+                "two values per byte; output layer int8 per channel",
+                "activations": "fp32",
+            },
+        },
+    )
+    return [int8, int4]
+
+
+def build_moe(ctx: BuildContext, epochs: int) -> dict:
+    config = MoEConfig(vocab_size=MAX_TOKENS)
+    vectorizer = Vectorizer.fit(
+        (r.text for r in ctx.splits.train), MAX_TOKENS, config.sequence_length
+    )
+    train_ids, train_y = _ids(vectorizer, ctx.splits.train)
+    val_ids, val_y = _ids(vectorizer, ctx.splits.validation)
+    torch.manual_seed(ctx.seed)
+    model = SwitchClassifier(config)
+    tcfg = TrainConfig(epochs=epochs, batch_size=50, max_lr=1e-3, seed=ctx.seed)
+    result = train(model, train_ids, train_y, val_ids, val_y, tcfg, desc="moe", log=ctx.log)
+    tensors = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+    return _write(
+        ctx,
+        "switch-moe",
+        tensors,
+        vectorizer,
+        {
+            "architecture": "switch-transformer",
+            "quantization": None,
+            "description": "Token+position embedding, one Transformer block whose feed-forward "
+            "layer is a top-1 Switch layer of 10 experts, mean pool, dense head.",
+            "config": config.to_dict(),
+            "params": sum(p.numel() for p in result.model.parameters()),
+            "training": {
+                **tcfg.to_dict(),
+                "best_epoch": result.best_epoch,
+                "best_val_accuracy": result.best_val_accuracy,
+                "history": result.history,
+            },
+        },
+    )
+
+
+def build(
+    data: Path,
+    out: Path,
+    stages: Sequence[str] = STAGES,
+    seed: int = 1337,
+    cnn_epochs: int = 3,
+    moe_epochs: int = 3,
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    log(f"reading {data}")
+    splits = split_reviews(read_aclimdb(data), VALIDATION_FRACTION, seed)
+    log(
+        f"{len(splits.train)} train, {len(splits.validation)} validation, "
+        f"{len(splits.test)} test reviews"
+    )
+    ctx = BuildContext(data=data, out=out, seed=seed, splits=splits, command=command, log=log)
+    cards = []
+    if "cnn" in stages:
+        cards.append(build_cnn(ctx, cnn_epochs))
+    if "quantize" in stages:
+        cards.extend(build_quantized(ctx))
+    if "moe" in stages:
+        cards.append(build_moe(ctx, moe_epochs))
+    return cards

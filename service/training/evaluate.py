@@ -1,0 +1,57 @@
+"""Test-set evaluation of a loaded artifact: accuracy, and routing figures for the MoE."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from service.models.moe import SwitchClassifier
+from service.models.registry import LoadedModel, positive_probability
+
+
+def evaluate_loaded(
+    model: LoadedModel, texts: Sequence[str], labels: Sequence[int], batch_size: int = 250
+) -> dict:
+    """Accuracy over ``texts``; for a Switch model also each expert's share of the kept
+    token assignments and the fraction of assignments dropped over capacity (all sequence
+    positions, padding included, as the layer sees them)."""
+    module = model.module
+    switch = module.switch if isinstance(module, SwitchClassifier) else None
+    correct = 0
+    kept = torch.zeros(switch.config.num_experts, dtype=torch.long) if switch else None
+    dropped = assignments = 0
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            ids = model.vectorizer(texts[start : start + batch_size])
+            p = positive_probability(module, ids)
+            truth = torch.tensor(labels[start : start + batch_size])
+            correct += int(((p >= 0.5).long() == truth).sum())
+            if switch is not None and switch.last_stats is not None:
+                kept += switch.last_stats.tokens_per_expert
+                dropped += switch.last_stats.dropped
+                assignments += switch.last_stats.assignments
+    result: dict = {
+        "model": model.info.name,
+        "n": len(texts),
+        "accuracy": round(correct / max(1, len(texts)), 5),
+        "size_bytes": model.info.size_bytes,
+        "params": model.info.params,
+        "quantization": model.info.quantization,
+    }
+    if kept is not None:
+        total = max(1, int(kept.sum()))
+        result["expert_share"] = [round(int(k) / total, 5) for k in kept]
+        result["drop_rate"] = round(dropped / max(1, assignments), 5)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A readable two-column table of an evaluation result."""
+    rows = []
+    for key, value in result.items():
+        if key == "expert_share":
+            value = " ".join(f"{share:.3f}" for share in value)
+        rows.append((key, str(value)))
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
