@@ -1,0 +1,381 @@
+"""The guard: Llama Guard 3 on Ollama, called through the official ``ollama`` AsyncClient.
+
+Every screen either returns a :class:`Verdict` or raises :class:`GuardError`; there is no
+path that lets a conversation through without an answer from the guard model (fail closed).
+
+- Input is screened as ``[user: text]``, output as ``[user: text, assistant: reply]``.
+- Calls use ``/api/chat`` with temperature 0, a small ``num_predict`` and ``keep_alive``.
+- Each attempt is bounded by ``GUARD_TIMEOUT``. Connection-type failures (refused, DNS,
+  dropped connection, timeout, HTTP 5xx) are retried ``GUARD_RETRIES`` times with exponential
+  backoff from ``GUARD_RETRY_BACKOFF``. A 4xx (404 means the guard model is missing), a
+  malformed body, and an answer that cannot be parsed are not retried; neither is an unsafe
+  verdict, which is an answer, not a failure.
+- At most ``GUARD_CONCURRENCY`` calls are in flight to Ollama; concurrent identical screens
+  share one call, and successful verdicts are cached (LRU, ``GUARD_CACHE_SIZE`` entries,
+  ``GUARD_CACHE_TTL`` seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import ollama
+
+from service.guard.cache import VerdictCache, conversation_key
+from service.guard.metrics import (
+    GUARD_CACHE_HITS,
+    GUARD_CALLS,
+    GUARD_CATEGORIES,
+    GUARD_ERRORS,
+    GUARD_LATENCY,
+    GUARD_RETRIES,
+)
+from service.guard.taxonomy import HAZARDS
+from service.guard.types import GuardError, Message, Verdict
+from service.guard.verdict import parse_verdict
+
+if TYPE_CHECKING:  # service.config imports the taxonomy from this package
+    from service.config import Settings
+
+log = logging.getLogger("service.guard")
+
+_ROLES = ("user", "assistant")
+_MAX_BACKOFF = 10.0  # seconds; one retry never waits longer than this
+
+
+class Guard:
+    """Screens conversations with the guard model; see the module docstring for the rules."""
+
+    def __init__(self, settings: Settings, client: ollama.AsyncClient | None = None) -> None:
+        self.settings = settings
+        self.model = settings.guard_model
+        self._owns_client = client is None
+        # Each screen attempt is bounded by asyncio.wait_for(GUARD_TIMEOUT); the client's own
+        # read timeout only has to stop a stalled model pull.
+        timeout = httpx.Timeout(max(60.0, settings.guard_timeout), connect=settings.guard_timeout)
+        self._client = client or ollama.AsyncClient(host=settings.ollama_host, timeout=timeout)
+        self._semaphore = asyncio.Semaphore(settings.guard_concurrency)
+        self._cache = VerdictCache(settings.guard_cache_size, settings.guard_cache_ttl)
+        self._inflight: dict[str, asyncio.Future[Verdict]] = {}
+        self._block_categories = tuple(settings.guard_block_categories)
+        self._options = {"temperature": 0, "num_predict": settings.guard_num_predict}
+        self._keep_alive = _keep_alive(settings.guard_keep_alive)
+        for stage in ("input", "output"):
+            if not getattr(settings, f"guard_screen_{stage}"):
+                log.warning(
+                    "guard %s screening is OFF (GUARD_SCREEN_%s=false): %s is not checked",
+                    stage,
+                    stage.upper(),
+                    "user text" if stage == "input" else "model output",
+                )
+
+    async def __aenter__(self) -> Guard:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # --- screening ------------------------------------------------------------------------
+
+    async def screen(self, messages: Sequence[Message]) -> Verdict:
+        """Judge a conversation. Raises GuardError when no verdict can be had (fail closed),
+        ValueError when the conversation itself is invalid (empty, or a role other than
+        user/assistant)."""
+        conversation = _validated(messages)
+        stage = "output" if conversation[-1].role == "assistant" else "input"
+        return await self._screen(conversation, stage)
+
+    async def screen_input(self, text: str) -> Verdict | None:
+        """Judge the user's text; None when input screening is turned off."""
+        if not self.settings.guard_screen_input:
+            GUARD_CALLS.labels("input", "skipped").inc()
+            return None
+        return await self._screen((Message("user", text),), "input")
+
+    async def screen_output(self, text: str, reply: str) -> Verdict | None:
+        """Judge the reply given to the user's text; None when output screening is off."""
+        if not self.settings.guard_screen_output:
+            GUARD_CALLS.labels("output", "skipped").inc()
+            return None
+        return await self._screen((Message("user", text), Message("assistant", reply)), "output")
+
+    async def _screen(self, conversation: tuple[Message, ...], stage: str) -> Verdict:
+        started = time.perf_counter()
+        key = conversation_key(self.model, conversation)
+        hit = self._cache.get(key)
+        if hit is not None:
+            GUARD_CACHE_HITS.labels("cache").inc()
+            verdict = replace(hit, cached=True, latency_ms=_ms_since(started))
+            return self._count(verdict, stage)
+
+        call = self._inflight.get(key)
+        joined = call is not None
+        if call is None:
+            call = asyncio.ensure_future(self._call(conversation, key, stage))
+            self._inflight[key] = call
+            call.add_done_callback(lambda done: self._call_done(key, done))
+        else:
+            GUARD_CACHE_HITS.labels("inflight").inc()
+        try:
+            # shield: a caller that goes away must not cancel a call others are waiting on.
+            verdict = await asyncio.shield(call)
+        except GuardError as error:
+            GUARD_CALLS.labels(stage, "error").inc()
+            GUARD_ERRORS.labels(error.kind).inc()
+            raise
+        if joined:
+            verdict = replace(verdict, cached=True, latency_ms=_ms_since(started))
+        return self._count(verdict, stage)
+
+    def _call_done(self, key: str, call: asyncio.Future[Verdict]) -> None:
+        if self._inflight.get(key) is call:
+            del self._inflight[key]
+        if not call.cancelled():
+            call.exception()  # mark retrieved: errors reach the callers through shield()
+
+    async def _call(self, conversation: tuple[Message, ...], key: str, stage: str) -> Verdict:
+        """One screen against Ollama, with bounded retries; caches a successful verdict."""
+        started = time.perf_counter()
+        attempts = 0
+        try:
+            while True:
+                attempts += 1
+                try:
+                    async with self._semaphore:
+                        response = await asyncio.wait_for(
+                            self._chat(conversation), self.settings.guard_timeout
+                        )
+                    break
+                except Exception as exc:  # every failure becomes a GuardError
+                    error, retryable = classify(exc, self.model, self.settings.guard_timeout)
+                    error.attempts = attempts
+                    if not retryable or attempts > self.settings.guard_retries:
+                        raise error from exc
+                    backoff = self.settings.guard_retry_backoff * 2 ** (attempts - 1)
+                    delay = min(backoff, _MAX_BACKOFF)
+                    GUARD_RETRIES.labels(error.kind).inc()
+                    log.warning(
+                        "guard call failed (%s: %s); retry %d of %d in %.2fs",
+                        error.kind,
+                        error.detail,
+                        attempts,
+                        self.settings.guard_retries,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+            answer = response.message.content or ""
+            try:
+                verdict = parse_verdict(
+                    answer, model=self.model, block_categories=self._block_categories
+                )
+            except GuardError as error:
+                error.attempts = attempts
+                log.warning("guard model %s answered %r", self.model, answer)
+                raise
+        except GuardError as error:
+            error.retry_after = self.settings.guard_retry_after
+            log.warning(
+                "guard refused (fail closed) after %d attempt(s): %s: %s",
+                error.attempts,
+                error.kind,
+                error.detail,
+            )
+            raise
+        finally:
+            GUARD_LATENCY.labels(stage).observe(time.perf_counter() - started)
+        verdict = replace(verdict, latency_ms=_ms_since(started))
+        self._cache.put(key, verdict)
+        return verdict
+
+    async def _chat(self, conversation: tuple[Message, ...]) -> ollama.ChatResponse:
+        return await self._client.chat(
+            model=self.model,
+            messages=[{"role": m.role, "content": m.content} for m in conversation],
+            stream=False,
+            options=self._options,
+            keep_alive=self._keep_alive,
+        )
+
+    def _count(self, verdict: Verdict, stage: str) -> Verdict:
+        outcome = "safe" if verdict.safe else "blocked" if verdict.blocked else "allowed_unsafe"
+        GUARD_CALLS.labels(stage, outcome).inc()
+        for category in verdict.categories:
+            code = category.code if category.code in HAZARDS else "unknown"
+            GUARD_CATEGORIES.labels(code, str(verdict.blocked).lower()).inc()
+        return verdict
+
+    # --- readiness and model management ----------------------------------------------------
+
+    async def readiness(self) -> dict[str, Any]:
+        """Whether Ollama answers and holds the guard model, and which screens are on."""
+        state: dict[str, Any] = {
+            "ollama": False,
+            "model_present": False,
+            "model": self.model,
+            "screen_input": self.settings.guard_screen_input,
+            "screen_output": self.settings.guard_screen_output,
+            "detail": None,
+        }
+        try:
+            listing = await asyncio.wait_for(self._client.list(), self.settings.guard_timeout)
+        except Exception as exc:  # reported, not raised
+            error, _ = classify(exc, self.model, self.settings.guard_timeout)
+            state["detail"] = (
+                f"Ollama at {self.settings.ollama_host} did not answer ({error.kind}): "
+                f"{error.detail}"
+            )
+            return state
+        state["ollama"] = True
+        names = [entry.model for entry in listing.models if entry.model]
+        state["model_present"] = any(same_model(self.model, name) for name in names)
+        if not state["model_present"]:
+            state["detail"] = (
+                f"guard model {self.model} is not on Ollama at {self.settings.ollama_host} "
+                f"(present: {', '.join(names) or 'none'}); run `ollama pull {self.model}` "
+                "or start with GUARD_PULL=true"
+            )
+        return state
+
+    async def ensure_model(self) -> bool:
+        """Make sure the guard model is present. When it is missing and GUARD_PULL is true,
+        pull it (progress logged at INFO); when GUARD_PULL is false, log a warning. Returns
+        whether the model is present afterwards; raises GuardError when Ollama is unreachable
+        or the pull fails."""
+        state = await self.readiness()
+        if state["model_present"]:
+            return True
+        if not state["ollama"]:
+            raise GuardError(
+                "connection", state["detail"], retry_after=self.settings.guard_retry_after
+            )
+        if not self.settings.guard_pull:
+            log.warning("%s", state["detail"])
+            return False
+        log.info("pulling guard model %s on %s", self.model, self.settings.ollama_host)
+        progress = _PullProgress(self.model)
+        try:
+            async for update in await self._client.pull(self.model, stream=True):
+                progress.log(update)
+        except Exception as exc:  # every failure becomes a GuardError
+            if isinstance(exc, ollama.ResponseError) and exc.status_code in (-1, 404):
+                error = GuardError("model_missing", f"pulling {self.model} failed: {exc.error}")
+            else:
+                error, _ = classify(exc, self.model, self.settings.guard_timeout)
+            error.retry_after = self.settings.guard_retry_after
+            raise error from exc
+        state = await self.readiness()
+        if not state["model_present"]:
+            raise GuardError(
+                "model_missing",
+                f"pull of {self.model} finished but the model is not listed",
+                retry_after=self.settings.guard_retry_after,
+            )
+        log.info("guard model %s is ready", self.model)
+        return True
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.close()
+
+
+def classify(exc: BaseException, model: str, timeout: float) -> tuple[GuardError, bool]:
+    """The GuardError for a failed call to Ollama, and whether the call is worth retrying."""
+    if isinstance(exc, GuardError):
+        return exc, False
+    # Before ConnectionError: the builtin TimeoutError is an OSError too.
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return GuardError("timeout", f"no answer within {timeout:g}s"), True
+    if isinstance(exc, ollama.ResponseError):
+        status = exc.status_code
+        if status == 404:
+            detail = (
+                f"guard model {model} not found on Ollama ({exc.error}); "
+                f"run `ollama pull {model}` or start with GUARD_PULL=true"
+            )
+            return GuardError("model_missing", detail, status_code=404), False
+        detail = f"Ollama answered HTTP {status}: {exc.error}"
+        return GuardError("http", detail, status_code=status), status >= 500
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return GuardError("connection", f"cannot call Ollama: {exc}"), False
+    # ollama turns httpx.ConnectError (refused, DNS) into the builtin ConnectionError;
+    # a connection dropped mid-request surfaces as an httpx transport error.
+    if isinstance(exc, ConnectionError | httpx.TransportError | OSError):
+        return GuardError("connection", f"{type(exc).__name__}: {exc or 'connection lost'}"), True
+    # json.JSONDecodeError and pydantic.ValidationError are both ValueErrors.
+    if isinstance(exc, ValueError):
+        return GuardError("malformed", f"Ollama sent a body that is not its JSON: {exc}"), False
+    log.error("unexpected guard failure", exc_info=exc)
+    return GuardError("malformed", f"unexpected {type(exc).__name__}: {exc}"), False
+
+
+def same_model(wanted: str, listed: str) -> bool:
+    """Whether two Ollama model names are the same model (``x`` is ``x:latest``)."""
+    return _canonical(wanted) == _canonical(listed)
+
+
+def _canonical(name: str) -> str:
+    name = name.strip().lower()
+    for prefix in ("registry.ollama.ai/", "library/"):
+        name = name.removeprefix(prefix)
+    if ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"
+    return name
+
+
+def _validated(messages: Sequence[Message]) -> tuple[Message, ...]:
+    conversation = tuple(messages)
+    if not conversation:
+        raise ValueError("the conversation to screen is empty")
+    for message in conversation:
+        if not isinstance(message, Message) or message.role not in _ROLES:
+            raise ValueError(f"each message needs role user or assistant, got {message!r}")
+        if not isinstance(message.content, str):
+            raise ValueError("message content must be a string")
+    return conversation
+
+
+def _keep_alive(value: str) -> str | float:
+    """Ollama reads a bare number as seconds (-1: forever) and a string as a duration."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+class _PullProgress:
+    """Logs pull progress at INFO: every status change, and every 10% of a download."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._status: str | None = None
+        self._decile = -1
+
+    def log(self, update: ollama.ProgressResponse) -> None:
+        status = update.status or ""
+        if status != self._status:
+            self._status, self._decile = status, -1
+            if not update.total:
+                log.info("pull %s: %s", self.model, status)
+        if update.total:
+            completed = update.completed or 0
+            decile = min(10, completed * 10 // update.total)
+            if decile > self._decile:
+                self._decile = decile
+                log.info(
+                    "pull %s: %s %d/%d bytes (%d%%)",
+                    self.model,
+                    status,
+                    completed,
+                    update.total,
+                    completed * 100 // update.total,
+                )

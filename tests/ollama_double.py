@@ -1,0 +1,450 @@
+"""An Ollama-protocol test double: a real HTTP/1.1 server on loopback.
+
+It speaks the part of the Ollama API the guard uses (POST /api/chat non-streaming, POST
+/api/show, GET /api/tags, GET /api/version, POST /api/pull streaming NDJSON) and is scripted
+per test: verdict rules, latency, error statuses, malformed bodies, dropped connections and
+which models are present. It records every request so tests can assert what was sent.
+
+It belongs to the tests; the product never imports it. Run it alone for demos and
+benchmarks:  python -m tests.ollama_double --port 11434
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+Judge = Callable[[list[dict[str, Any]]], str]
+Rules = Sequence[tuple[str, str]] | Judge | None
+
+DEFAULT_MODELS = ("llama-guard3:1b",)
+MALFORMED_BODY = b'{"model": "llama-guard3:1b", "message": {"role": "assist'
+# Keyword rules for standalone demos; tests script their own.
+DEMO_RULES: list[tuple[str, str]] = [
+    ("build a bomb", "unsafe\nS9"),
+    ("make a bomb", "unsafe\nS9"),
+    ("how to kill", "unsafe\nS1"),
+    ("poison", "unsafe\nS1"),
+    ("steal", "unsafe\nS2"),
+    ("hack into", "unsafe\nS2"),
+    ("suicide", "unsafe\nS11"),
+]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    body: Any  # the parsed JSON body, or None
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Fault:
+    kind: str  # "status" | "malformed" | "drop" | "pull_error"
+    status: int = 500
+    body: bytes | str | None = None
+
+
+def _canonical(name: str) -> str:
+    name = name.strip().lower()
+    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
+class OllamaDouble:
+    """The scripted server. ``start()`` binds a free port (or the one given) on 127.0.0.1."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        models: Iterable[str] = DEFAULT_MODELS,
+        rules: Rules = None,
+        default: str = "safe",
+    ) -> None:
+        self._initial_models = tuple(models)
+        self._initial_rules = rules
+        self._initial_default = default
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer((host, port), _Handler, bind_and_activate=False)
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
+        self._server.request_queue_size = 128
+        self._server.double = self  # type: ignore[attr-defined]
+        self._thread: threading.Thread | None = None
+        self.reset()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> OllamaDouble:
+        self._server.server_bind()
+        self._server.server_activate()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> OllamaDouble:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # --- scripting ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Back to the initial state: no requests, faults or latency; initial rules and models."""
+        with self._lock:
+            self._requests: list[RecordedRequest] = []
+            self._faults: dict[str, deque[_Fault]] = {}
+            self._latency: dict[str, float] = {}
+            self._models: list[str] = list(self._initial_models)
+            self._in_flight = 0
+            self._max_in_flight = 0
+        self.set_rules(self._initial_rules, default=self._initial_default)
+
+    def set_rules(self, rules: Rules = None, *, default: str = "safe") -> None:
+        """How /api/chat answers: a function of the messages, or (substring, answer) pairs
+        matched case-insensitively against the last message's content (first match wins);
+        ``default`` when nothing matches."""
+        if callable(rules):
+            judge: Judge = rules
+        else:
+            pairs = [(needle.lower(), answer) for needle, answer in rules or ()]
+
+            def judge(messages: list[dict[str, Any]]) -> str:
+                last = str(messages[-1].get("content", "")).lower() if messages else ""
+                return next((answer for needle, answer in pairs if needle in last), default)
+
+        with self._lock:
+            self._judge = judge
+
+    def set_latency(self, seconds: float, path: str = "/api/chat") -> None:
+        """Delay every answer on ``path`` by ``seconds``."""
+        with self._lock:
+            self._latency[path] = seconds
+
+    def fail_next(
+        self, n: int = 1, *, status: int = 500, path: str = "/api/chat", error: str | None = None
+    ) -> None:
+        """Answer the next ``n`` requests on ``path`` with an HTTP error (Ollama's JSON shape)."""
+        self._add_faults(path, n, _Fault("status", status, error))
+
+    def malform_next(
+        self, n: int = 1, *, path: str = "/api/chat", body: bytes = MALFORMED_BODY
+    ) -> None:
+        """Answer the next ``n`` requests on ``path`` with 200 and a body that is not JSON."""
+        self._add_faults(path, n, _Fault("malformed", 200, body))
+
+    def drop_next(self, n: int = 1, *, path: str = "/api/chat") -> None:
+        """Close the connection without any response on the next ``n`` requests on ``path``."""
+        self._add_faults(path, n, _Fault("drop"))
+
+    def fail_pull(self, error: str = "pull model manifest: file does not exist") -> None:
+        """Make the next pull stream an error line, as Ollama does for an unknown model."""
+        self._add_faults("/api/pull", 1, _Fault("pull_error", 200, error))
+
+    def set_models(self, names: Iterable[str]) -> None:
+        with self._lock:
+            self._models = list(names)
+
+    def _add_faults(self, path: str, n: int, fault: _Fault) -> None:
+        with self._lock:
+            self._faults.setdefault(path, deque()).extend([fault] * n)
+
+    # --- what happened -----------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def requests_to(self, path: str) -> list[RecordedRequest]:
+        return [request for request in self.requests if request.path == path]
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return self.requests_to("/api/chat")
+
+    @property
+    def models(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests the double was handling at the same moment."""
+        with self._lock:
+            return self._max_in_flight
+
+    # --- serving (called from handler threads) -------------------------------------------------
+
+    def _has_model(self, name: str) -> bool:
+        with self._lock:
+            return any(_canonical(name) == _canonical(model) for model in self._models)
+
+    def _handle(self, handler: _Handler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        path = urlsplit(handler.path).path
+        with self._lock:
+            self._requests.append(RecordedRequest(handler.command, path, body))
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            queue = self._faults.get(path)
+            fault = queue.popleft() if queue else None
+            latency = self._latency.get(path, 0.0)
+        try:
+            if latency:
+                time.sleep(latency)
+            route = _ROUTES.get((handler.command, path))
+            if fault is not None and fault.kind != "pull_error":
+                response = _fault_response(fault)
+            elif route is None:
+                response = _Response(404, b"404 page not found", "text/plain")
+            else:
+                response = route(self, body if isinstance(body, dict) else {}, fault)
+        finally:
+            # Counted down before the answer leaves, so a client's next request can never
+            # overlap this one in the count.
+            with self._lock:
+                self._in_flight -= 1
+        response.send(handler)
+
+    def _chat(self, body: dict[str, Any], _fault: _Fault | None) -> _Response:
+        model = str(body.get("model", ""))
+        if not self._has_model(model):
+            return _Response.json(404, {"error": f"model '{model}' not found"})
+        messages = body.get("messages") or []
+        with self._lock:
+            judge = self._judge
+        started = time.perf_counter_ns()
+        answer = judge(messages)
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
+        return _Response.json(
+            200,
+            {
+                "model": model,
+                "created_at": _now(),
+                "message": {"role": "assistant", "content": answer},
+                "done_reason": "stop",
+                "done": True,
+                "total_duration": time.perf_counter_ns() - started,
+                "load_duration": 0,
+                "prompt_eval_count": max(1, prompt_chars // 4),
+                "prompt_eval_duration": 1000,
+                "eval_count": max(1, len(answer.split())),
+                "eval_duration": 1000,
+            },
+        )
+
+    def _show(self, body: dict[str, Any], _fault: _Fault | None) -> _Response:
+        model = str(body.get("model") or body.get("name") or "")
+        if not self._has_model(model):
+            return _Response.json(404, {"error": f"model '{model}' not found"})
+        return _Response.json(
+            200,
+            {
+                "modelfile": f"FROM {model}\n",
+                "parameters": "stop <|eot_id|>",
+                "template": "{{ .Prompt }}",
+                "details": _details(model),
+                "model_info": {"general.architecture": "llama"},
+                "capabilities": ["completion"],
+                "modified_at": _now(),
+            },
+        )
+
+    def _tags(self, _body: dict[str, Any], _fault: _Fault | None) -> _Response:
+        models = [
+            {
+                "name": name,
+                "model": name,
+                "modified_at": _now(),
+                "size": 1_000_000,
+                "digest": _digest(name),
+                "details": _details(name),
+            }
+            for name in self.models
+        ]
+        return _Response.json(200, {"models": models})
+
+    def _version(self, _body: dict[str, Any], _fault: _Fault | None) -> _Response:
+        return _Response.json(200, {"version": "0.6.0-double"})
+
+    def _pull(self, body: dict[str, Any], fault: _Fault | None) -> _Response:
+        model = str(body.get("model") or body.get("name") or "")
+        if fault is not None:  # a pull error arrives as a line of the stream
+            lines = [{"status": "pulling manifest"}, {"error": str(fault.body)}]
+        else:
+            total = 1_000_000
+            digest = "sha256:" + _digest(model)
+            lines = [{"status": "pulling manifest"}]
+            status = f"pulling {digest[7:19]}"
+            lines += [
+                {"status": status, "digest": digest, "total": total, "completed": done}
+                for done in (0, 250_000, 500_000, 750_000, total)
+            ]
+            lines += [
+                {"status": "verifying sha256 digest"},
+                {"status": "writing manifest"},
+                {"status": "success"},
+            ]
+            with self._lock:
+                if not any(_canonical(model) == _canonical(m) for m in self._models):
+                    self._models.append(model)
+        if body.get("stream") is False:
+            return _Response.json(200, lines[-1])
+        chunks = [json.dumps(line).encode() + b"\n" for line in lines]
+        return _Response(200, chunks, "application/x-ndjson")
+
+
+_ROUTES: dict[tuple[str, str], Callable[[OllamaDouble, dict[str, Any], _Fault | None], Any]] = {
+    ("POST", "/api/chat"): OllamaDouble._chat,
+    ("POST", "/api/show"): OllamaDouble._show,
+    ("GET", "/api/tags"): OllamaDouble._tags,
+    ("GET", "/api/version"): OllamaDouble._version,
+    ("POST", "/api/pull"): OllamaDouble._pull,
+}
+
+
+@dataclass
+class _Response:
+    status: int
+    body: bytes | list[bytes] | None  # a list is sent chunked, one chunk per item
+    content_type: str = "application/json; charset=utf-8"
+
+    @classmethod
+    def json(cls, status: int, payload: Any) -> _Response:
+        return cls(status, json.dumps(payload).encode())
+
+    def send(self, handler: _Handler) -> None:
+        if self.body is None:  # drop: close without a response
+            handler.close_connection = True
+            return
+        handler.send_response(self.status)
+        handler.send_header("Content-Type", self.content_type)
+        if isinstance(self.body, list):
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            for chunk in self.body:
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                handler.wfile.flush()
+            handler.wfile.write(b"0\r\n\r\n")
+        else:
+            handler.send_header("Content-Length", str(len(self.body)))
+            handler.end_headers()
+            handler.wfile.write(self.body)
+        handler.wfile.flush()
+
+
+def _fault_response(fault: _Fault) -> _Response:
+    if fault.kind == "drop":
+        return _Response(0, None)
+    if fault.kind == "malformed":
+        body = fault.body if isinstance(fault.body, bytes) else str(fault.body).encode()
+        return _Response(200, body)
+    message = fault.body or f"the double was told to answer {fault.status}"
+    return _Response.json(fault.status, {"error": message})
+
+
+def _details(model: str) -> dict[str, Any]:
+    size = model.rsplit(":", 1)[-1].upper() if ":" in model else "1B"
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": "llama",
+        "families": ["llama"],
+        "parameter_size": size,
+        "quantization_level": "Q8_0",
+    }
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects
+    server_version = "OllamaDouble"
+    timeout = 30  # an idle keep-alive connection's thread ends after this
+    disable_nagle_algorithm = True  # headers and body are separate writes: avoid 40 ms stalls
+
+    def do_GET(self) -> None:
+        self.server.double._handle(self)  # type: ignore[attr-defined]
+
+    def do_POST(self) -> None:
+        self.server.double._handle(self)  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the Ollama test double on loopback.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS), help="comma-separated models present"
+    )
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each chat")
+    parser.add_argument(
+        "--all-safe", action="store_true", help="answer 'safe' to everything (no demo rules)"
+    )
+    args = parser.parse_args(argv)
+    double = OllamaDouble(
+        args.host,
+        args.port,
+        models=[name.strip() for name in args.models.split(",") if name.strip()],
+        rules=None if args.all_safe else DEMO_RULES,
+    )
+    if args.latency:
+        double.set_latency(args.latency)
+    double.start()
+    models = ", ".join(double.models) or "none"
+    print(f"Ollama double listening on {double.url} (models: {models})", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        double.stop()
+
+
+if __name__ == "__main__":
+    main()
