@@ -119,12 +119,23 @@ def main(argv: list[str] | None = None) -> int:
         return run_serve(args)
     if args.command == "train":
         stages = {"cnn": ("cnn", "quantize"), "moe": ("moe",), None: ("cnn", "quantize", "moe")}
-        return cmd_train(args, stages[args.only])
+        return _clear_errors(lambda a: cmd_train(a, stages[a.only]), args)
     if args.command == "quantize":
-        return cmd_train(args, ("quantize",))
+        return _clear_errors(lambda a: cmd_train(a, ("quantize",)), args)
     if args.command == "evaluate":
-        return cmd_evaluate(args)
+        return _clear_errors(cmd_evaluate, args)
     return cmd_guard_check(args)
+
+
+def _clear_errors(command, args: argparse.Namespace) -> int:
+    """Run a command; a user's mistake (unknown model, bad path) prints one line, not a trace."""
+    from service.models.registry import ArtifactError, UnknownModelError
+
+    try:
+        return command(args)
+    except (UnknownModelError, ArtifactError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

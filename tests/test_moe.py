@@ -121,3 +121,18 @@ def test_classifier_outputs_two_way_logits_and_aux_loss():
     logits = model(torch.randint(0, 50, (3, 8)))
     assert logits.shape == (3, 2)
     assert model.aux_loss().item() > 0
+
+
+def test_token_dropout_hides_words_only_in_training_and_never_padding():
+    torch.manual_seed(0)
+    model = SwitchClassifier(MoEConfig(vocab_size=50, sequence_length=8, token_dropout=0.5))
+    seen = []
+    model.token_embedding.register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 0, 0]] * 16)
+    model.train()(ids)
+    hidden = seen[-1]
+    assert bool((hidden[:, 6:] == 0).all())  # padding stays padding
+    replaced = hidden[:, :6] == 1
+    assert 0 < int(replaced.sum()) < replaced.numel()  # some words became OOV, not all
+    model.eval()(ids)
+    assert torch.equal(seen[-1], ids)  # evaluation sees the text as it is

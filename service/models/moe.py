@@ -33,6 +33,13 @@ class MoEConfig:
     dropout: float = 0.25
     head_dropout: float = 0.5
     hidden: int = 32
+    # Keep padding out of attention keys and out of the mean pool (the keras-io example
+    # attends to and averages over padding too).
+    mask_padding: bool = False
+    embed_dropout: float = 0.0
+    # In training, replace this fraction of (non-padding) tokens by the OOV id: the model
+    # leans less on rare, title- or actor-specific words that do not carry over to new films.
+    token_dropout: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,8 +196,8 @@ class TransformerBlock(nn.Module):
         self.dropout1 = nn.Dropout(config.dropout)
         self.dropout2 = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attended, _ = self.attention(x, x, x, need_weights=False)
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        attended, _ = self.attention(x, x, x, key_padding_mask=padding, need_weights=False)
         x = self.norm1(x + self.dropout1(attended))
         # Tokens the switch layer dropped contribute zero here: only the residual carries them.
         return self.norm2(x + self.dropout2(self.switch(x)))
@@ -208,6 +215,7 @@ class SwitchClassifier(nn.Module):
         self.dense = nn.Linear(config.embed_dim, config.hidden)
         self.output = nn.Linear(config.hidden, 2)
         self.head_dropout = nn.Dropout(config.head_dropout)
+        self.embed_dropout = nn.Dropout(config.embed_dropout)
         for embedding in (self.token_embedding, self.position_embedding):
             nn.init.uniform_(embedding.weight, -0.05, 0.05)
 
@@ -217,8 +225,19 @@ class SwitchClassifier(nn.Module):
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(token_ids.shape[1], device=token_ids.device)
+        if self.training and self.config.token_dropout > 0:
+            hide = torch.rand(token_ids.shape, device=token_ids.device) < self.config.token_dropout
+            token_ids = token_ids.masked_fill(hide & (token_ids != 0), 1)
         x = self.token_embedding(token_ids) + self.position_embedding(positions)
-        x = self.block(x).mean(dim=1)
+        x = self.embed_dropout(x)
+        if self.config.mask_padding:
+            padding = token_ids == 0
+            padding[:, 0] = False  # an empty text still has one position to attend to
+            x = self.block(x, padding)
+            keep = (~padding).unsqueeze(-1).to(x.dtype)
+            x = (x * keep).sum(dim=1) / keep.sum(dim=1)
+        else:
+            x = self.block(x).mean(dim=1)
         x = self.head_dropout(torch.relu(self.dense(self.head_dropout(x))))
         return self.output(x)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from service.models.moe import SwitchClassifier
@@ -28,6 +30,11 @@ class TrainConfig:
     max_lr: float = 2e-3
     weight_decay: float = 0.01
     seed: int = 1337
+    # Exponential moving average of the weights (0 = off): validated and kept instead of
+    # the raw weights, it smooths out the last noisy steps of an epoch.
+    ema_decay: float = 0.0
+    # Validation passes per epoch: the best checkpoint may fall between epoch ends.
+    checks_per_epoch: int = 1
 
     def to_dict(self) -> dict:
         return {
@@ -38,13 +45,15 @@ class TrainConfig:
             "max_lr": self.max_lr,
             "weight_decay": self.weight_decay,
             "seed": self.seed,
+            "ema_decay": self.ema_decay,
+            "checks_per_epoch": self.checks_per_epoch,
         }
 
 
 @dataclass
 class TrainResult:
     model: nn.Module
-    best_epoch: int
+    best_epoch: float
     best_val_accuracy: float
     history: list[dict] = field(default_factory=list)
 
@@ -99,7 +108,17 @@ def train(
         optimizer, max_lr=config.max_lr, total_steps=config.epochs * steps_per_epoch
     )
     generator = torch.Generator().manual_seed(config.seed)
-    best_state, best_acc, best_epoch = None, -1.0, 0
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        if config.ema_decay > 0
+        else None
+    )
+    kept = ema.module if ema is not None else model
+    check_steps = {
+        round(steps_per_epoch * (i + 1) / config.checks_per_epoch) - 1
+        for i in range(config.checks_per_epoch)
+    }
+    best_state, best_acc, best_epoch = None, -1.0, 0.0
     history = []
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -121,27 +140,35 @@ def train(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total_loss += loss.item() * len(ids)
             correct += int((predicted_labels(logits.detach()) == labels).sum())
             seen += len(ids)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+            if step not in check_steps:
+                continue
+            val_acc = accuracy(kept, val_ids, val_labels)
+            model.train()
+            at = round(epoch - 1 + (step + 1) / steps_per_epoch, 2)
+            row = {
+                "epoch": at,
+                "train_loss": total_loss / seen,
+                "train_accuracy": correct / seen,
+                "val_accuracy": val_acc,
+            }
+            history.append(row)
+            bar.write(
+                f"{desc} epoch {at}: loss {row['train_loss']:.4f} "
+                f"train acc {row['train_accuracy']:.4f} val acc {val_acc:.4f}",
+                file=sys.stderr,
+            )
+            if val_acc > best_acc:
+                best_acc, best_epoch = val_acc, at
+                best_state = copy.deepcopy(kept.state_dict())
         bar.close()
-        val_acc = accuracy(model, val_ids, val_labels)
-        row = {
-            "epoch": epoch,
-            "train_loss": total_loss / seen,
-            "train_accuracy": correct / seen,
-            "val_accuracy": val_acc,
-        }
-        history.append(row)
-        log(
-            f"{desc} epoch {epoch}: loss {row['train_loss']:.4f} "
-            f"train acc {row['train_accuracy']:.4f} val acc {val_acc:.4f}"
-        )
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = copy.deepcopy(model.state_dict())
+        log(f"{desc} epoch {epoch} done; best val acc so far {best_acc:.4f} at {best_epoch}")
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()

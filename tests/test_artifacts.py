@@ -1,0 +1,158 @@
+"""The shipped artifacts: integrity checks, real predictions, quantized agreement."""
+
+import gzip
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from service.models.artifacts import NAMES, PACKAGE_ARTIFACTS, ArtifactError, read_artifact
+from service.models.registry import ModelRegistry, UnknownModelError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "imdb_test_sample.jsonl.gz"
+CLEAR_REVIEWS = [
+    (
+        "This movie was absolutely wonderful. A brilliant, moving story with superb acting; "
+        "I loved every minute and would happily watch it again.",
+        "positive",
+    ),
+    (
+        "One of the best films I have seen in years: funny, touching and beautifully made. "
+        "A true masterpiece, highly recommended.",
+        "positive",
+    ),
+    (
+        "Awful. The worst movie I have ever seen: boring, badly acted, and the plot made no "
+        "sense at all. A complete waste of time and money.",
+        "negative",
+    ),
+    (
+        "Terrible script, dreadful acting and a painfully dull story. I hated it and walked "
+        "out halfway through. Avoid this mess.",
+        "negative",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def registry() -> ModelRegistry:
+    return ModelRegistry.load()
+
+
+@pytest.fixture(scope="module")
+def sample() -> list[dict]:
+    with gzip.open(FIXTURE, "rt") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_all_four_artifacts_ship_small_with_complete_cards():
+    total = 0
+    for name in NAMES:
+        card, _ = read_artifact(PACKAGE_ARTIFACTS / name)
+        for key in (
+            "architecture",
+            "config",
+            "params",
+            "size_bytes",
+            "command",
+            "weights_sha256",
+            "data",
+            "test",
+            "version",
+        ):
+            assert key in card, (name, key)
+        assert card["name"] == name
+        assert card["test"]["n"] == 25_000
+        total += sum(p.stat().st_size for p in (PACKAGE_ARTIFACTS / name).iterdir())
+    assert total <= 25 * 1024 * 1024
+
+
+def test_accuracy_targets_recorded_in_the_cards(registry):
+    fp32 = registry.info("sentiment-cnn")
+    int8, int4 = registry.info("sentiment-cnn-int8"), registry.info("sentiment-cnn-int4")
+    assert fp32.test_accuracy >= 0.87
+    assert int8.test_accuracy >= fp32.test_accuracy - 0.005
+    assert int4.test_accuracy >= fp32.test_accuracy - 0.015
+    assert registry.info("switch-moe").test_accuracy >= 0.86
+    weights = {n: (PACKAGE_ARTIFACTS / n / "model.safetensors").stat().st_size for n in NAMES}
+    assert weights["sentiment-cnn-int8"] <= 0.30 * weights["sentiment-cnn"]
+    assert weights["sentiment-cnn-int4"] <= 0.18 * weights["sentiment-cnn"]
+    card = registry.info("switch-moe").card
+    assert len(card["test"]["expert_share"]) == 10
+    assert 0.0 <= card["test"]["drop_rate"] < 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_models_classify_unmistakable_reviews(registry, name):
+    predictions = registry.predict(name, [text for text, _ in CLEAR_REVIEWS])
+    assert [p.label for p in predictions] == [label for _, label in CLEAR_REVIEWS]
+    for p in predictions:
+        assert 0.5 <= p.score <= 1.0
+        assert abs(sum(p.probabilities.values()) - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("variant", ["sentiment-cnn-int8", "sentiment-cnn-int4"])
+def test_quantized_variants_agree_with_fp32_on_real_reviews(registry, sample, variant):
+    texts = [row["text"] for row in sample]
+    reference = [p.label for p in registry.predict("sentiment-cnn", texts)]
+    quantized = [p.label for p in registry.predict(variant, texts)]
+    agreement = sum(a == b for a, b in zip(reference, quantized, strict=True)) / len(texts)
+    assert agreement >= 0.97, agreement
+
+
+def test_fixture_sample_accuracy_is_in_line_with_the_card(registry, sample):
+    texts, labels = [r["text"] for r in sample], [r["label"] for r in sample]
+    for name in NAMES:
+        predicted = [int(p.label == "positive") for p in registry.predict(name, texts)]
+        accuracy = sum(a == b for a, b in zip(predicted, labels, strict=True)) / len(labels)
+        assert accuracy >= 0.80, (name, accuracy)
+
+
+def test_concurrent_predictions_equal_sequential_ones(registry, sample):
+    texts = [row["text"] for row in sample[:40]]
+    jobs = [(name, i) for name in NAMES for i in range(4)]
+    expected = {(name, i): registry.predict(name, texts[i::4]) for name, i in jobs}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda job: registry.predict(job[0], texts[job[1] :: 4]), jobs * 3))
+    for job, result in zip(jobs * 3, results, strict=True):
+        assert result == expected[job]
+
+
+def test_unknown_model_is_refused_by_name(registry):
+    with pytest.raises(UnknownModelError) as info:
+        registry.predict("no-such-model", ["text"])
+    assert "sentiment-cnn-int8" in str(info.value)
+
+
+def _copy(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(PACKAGE_ARTIFACTS / name, folder)
+    return folder
+
+
+def test_changed_weights_are_refused_by_the_hash_check(tmp_path):
+    folder = _copy(tmp_path, "sentiment-cnn-int4")
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["dense.bias"] = tensors["dense.bias"] + 1
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        ModelRegistry.load(["sentiment-cnn-int4"], root=tmp_path)
+
+
+def test_shape_mismatch_is_refused_even_with_a_matching_hash(tmp_path):
+    folder = _copy(tmp_path, "sentiment-cnn-int4")
+    card = json.loads((folder / "card.json").read_text())
+    card["tensors"]["dense.bias"]["shape"] = [64]
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="dense.bias"):
+        ModelRegistry.load(["sentiment-cnn-int4"], root=tmp_path)
+
+
+def test_missing_file_is_refused_clearly(tmp_path):
+    folder = _copy(tmp_path, "switch-moe")
+    (folder / "vocab.json").unlink()
+    with pytest.raises(ArtifactError, match="missing vocab.json"):
+        ModelRegistry.load(["switch-moe"], root=tmp_path)
