@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
     agent_name: str = "Guarded Inference Service"
     task_store_url: str | None = None
+    # In-memory task store only: tasks kept; past it the oldest finished ones are forgotten.
+    task_store_max_tasks: int = Field(100_000, ge=1)
+    # The agent card's provider (organization, and its URL; empty means the public URL).
+    agent_provider: str = "Guarded Inference Service"
+    agent_provider_url: str | None = None
+    # Model behind the A2A skill "sentiment-cnn" (empty means DEFAULT_MODEL).
+    a2a_cnn_model: str | None = None
+    # Model behind the A2A skill "sentiment-moe".
+    a2a_moe_model: str = "switch-moe"
 
     @field_validator("models", "api_tokens", "guard_block_categories", mode="before")
     @classmethod

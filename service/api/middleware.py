@@ -1,0 +1,177 @@
+"""ASGI middleware: request context (id, access log, metrics, last-resort 500) and the body
+size limit. Both are plain ASGI (no BaseHTTPMiddleware), so bodies stream through them."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
+from service.api.problems import internal_error_response, problem_response
+from service.logging import reset_request_id, set_request_id
+
+access_logger = logging.getLogger("service.access")
+error_logger = logging.getLogger("service.api")
+
+REQUEST_ID_HEADER = "x-request-id"
+# An incoming id is echoed only when it is short and plain (no header or log injection).
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def choose_request_id(incoming: str | None) -> str:
+    """The caller's X-Request-ID when sane, else a fresh random one."""
+    if incoming and _SANE_REQUEST_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Gives each request an id (header + log context), writes the access log line, records
+    the HTTP metrics, and turns any exception that escaped the app into a 500 problem."""
+
+    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = choose_request_id(_header(scope, b"x-request-id"))
+        token = set_request_id(request_id)
+        started = time.perf_counter()
+        status = 0
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        HTTP_IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            error_logger.exception("unhandled error", extra={"path": scope.get("path")})
+            if response_started:
+                raise  # too late for a problem document; the server resets the stream
+            response = internal_error_response(scope.get("path", ""))
+            await response(scope, receive, send_with_id)
+        finally:
+            HTTP_IN_FLIGHT.dec()
+            elapsed = time.perf_counter() - started
+            route = _route_template(scope)
+            method = scope.get("method", "")
+            HTTP_REQUESTS.labels(method, route, str(status), scope.get("http_version", "")).inc()
+            HTTP_DURATION.labels(method, route).observe(elapsed)
+            if self.access_log:
+                access_logger.info(
+                    "request",
+                    extra={
+                        "method": method,
+                        "path": scope.get("path"),
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000.0, 3),
+                        "http_version": scope.get("http_version"),
+                        "client": _client(scope),
+                    },
+                )
+            reset_request_id(token)
+
+
+def _client(scope: Scope) -> str:
+    host, port = scope.get("client") or ("", 0)
+    return f"{host}:{port}"
+
+
+def _route_template(scope: Scope) -> str:
+    # The template (/v1/classify), never the raw path: unknown paths must not mint new series.
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` as soon as the body passes the limit (FastAPI re-raises
+    HTTPExceptions from body reading, so the problem handler answers 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over ``max_body_bytes``: by Content-Length before the app runs, and by
+    counting while the body streams in (HTTP/2 and chunked bodies need not declare a length),
+    so an oversized body is never read past the limit."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            await self._refuse(scope, receive, send, BodyTooLarge(limit))
+            return
+
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge as exc:
+            if response_started:
+                raise
+            await self._refuse(scope, receive, send, exc)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, exc: BodyTooLarge) -> None:
+        response = problem_response(
+            None,
+            413,
+            "body-too-large",
+            str(exc.detail),
+            path=scope.get("path", ""),
+            headers={"Connection": "close"} if scope.get("http_version") == "1.1" else None,
+        )
+        await response(scope, receive, send)

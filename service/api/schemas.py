@@ -1,0 +1,167 @@
+"""Request and response bodies of the REST API (they also document it in OpenAPI).
+
+Answers are built as plain dicts by the routes (no response re-validation on the hot path);
+the response models here describe them for /openapi.json and /docs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ClassifyRequest(BaseModel):
+    """Exactly one of ``text`` or ``texts``; ``model`` defaults to the service's default."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "A moving, beautifully shot film."},
+                {"texts": ["Loved it.", "Two hours I will never get back."], "model": "switch-moe"},
+            ]
+        },
+    )
+
+    text: str | None = Field(None, description="One text to classify.")
+    texts: list[str] | None = Field(None, description="Several texts, one result each.")
+    model: str | None = Field(None, description="Model name (GET /v1/models); default if unset.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ClassifyRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        return self
+
+    def items(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+    def item_loc(self) -> str:
+        """The body field the texts came from, for error locations."""
+        return "text" if self.text is not None else "texts"
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant"]
+    content: str = Field(min_length=1)
+
+
+class ModerateRequest(BaseModel):
+    """Exactly one of ``text`` (judged as a user message) or ``messages`` (a conversation)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "How do I bake sourdough bread?"},
+                {
+                    "messages": [
+                        {"role": "user", "content": "Review this film for me."},
+                        {"role": "assistant", "content": "positive (0.97)"},
+                    ]
+                },
+            ]
+        },
+    )
+
+    text: str | None = Field(None, min_length=1)
+    messages: list[MessageIn] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ModerateRequest:
+        if (self.text is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'text' or 'messages'")
+        return self
+
+
+class CategoryOut(BaseModel):
+    code: str = Field(examples=["S10"])
+    name: str = Field(examples=["Hate"])
+
+
+class VerdictOut(BaseModel):
+    safe: bool
+    blocked: bool
+    categories: list[CategoryOut]
+    model: str
+    cached: bool
+    latency_ms: float
+
+
+class ScreensOut(BaseModel):
+    """Verdicts of the two screens of one text (null only when that screen is switched off)."""
+
+    input: VerdictOut | None
+    output: VerdictOut | None
+
+
+class ClassifyResultOut(BaseModel):
+    index: int
+    label: Literal["negative", "positive"]
+    score: float = Field(description="Probability of `label`.")
+    probabilities: dict[str, float]
+    screens: ScreensOut
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class TimingOut(BaseModel):
+    guard_ms: float = Field(description="Input + output screening wall time.")
+    model_ms: float = Field(description="Inference wall time (overlaps the input screen).")
+    total_ms: float
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelRef
+    results: list[ClassifyResultOut]
+    timing: TimingOut
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: str
+    architecture: str
+    params: int
+    quantization: str | None
+    size_bytes: int
+    test_accuracy: float | None
+    default: bool
+
+
+class ModelsResponse(BaseModel):
+    default: str
+    models: list[ModelOut]
+
+
+class ModerateResponse(VerdictOut):
+    timing: dict[str, float]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadinessResponse(BaseModel):
+    ready: bool
+    checks: dict[str, Any]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (``application/problem+json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    request_id: str | None = None

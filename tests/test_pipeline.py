@@ -1,0 +1,291 @@
+"""GuardedPipeline with the real Guard (against the Ollama double) and the shipped models."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import pytest
+
+from service.config import Settings
+from service.guard import Guard, GuardError, Message
+from service.models.registry import ModelRegistry, Prediction, UnknownModelError
+from service.pipeline import (
+    ContentBlocked,
+    GuardedPipeline,
+    InputLimitError,
+    RequestTimeout,
+    pipeline_call,
+    render_prediction,
+)
+from tests.ollama_double import OllamaDouble
+
+MODEL = "sentiment-cnn-int8"
+
+
+class SpyRegistry:
+    """The real registry, recording each predict call (and optionally holding it)."""
+
+    def __init__(self, inner: ModelRegistry) -> None:
+        self.inner = inner
+        self.calls: list[dict[str, Any]] = []
+        self.gate: threading.Event | None = None
+        self.finished = threading.Event()
+
+    def names(self) -> list[str]:
+        return self.inner.names()
+
+    def info(self, name: str) -> Any:
+        return self.inner.info(name)
+
+    def predict(self, name: str, texts: Sequence[str]) -> list[Prediction]:
+        self.calls.append(
+            {
+                "name": name,
+                "texts": list(texts),
+                "pipeline": pipeline_call.get(),
+                "started": time.monotonic(),
+            }  # fmt: skip
+        )
+        if self.gate is not None:
+            self.gate.wait(10)
+        try:
+            return self.inner.predict(name, texts)
+        finally:
+            self.finished.set()
+
+
+@pytest.fixture(scope="module")
+def registry() -> ModelRegistry:
+    return ModelRegistry.load(names=[MODEL])
+
+
+@pytest.fixture
+def spy(registry: ModelRegistry) -> SpyRegistry:
+    return SpyRegistry(registry)
+
+
+@pytest.fixture
+async def make_pipeline(
+    guard_settings: Callable[..., Settings], spy: SpyRegistry
+) -> AsyncIterator[Callable[..., GuardedPipeline]]:
+    guards: list[Guard] = []
+
+    def make(**overrides: Any) -> GuardedPipeline:
+        values: dict[str, Any] = {"guard_retries": 0, "default_model": MODEL}
+        values.update(overrides)
+        settings = guard_settings(**values)
+        guard = Guard(settings)
+        guards.append(guard)
+        return GuardedPipeline(spy, guard, settings)
+
+    yield make
+    for guard in guards:
+        await guard.aclose()
+
+
+@pytest.fixture
+def pipeline(make_pipeline: Callable[..., GuardedPipeline]) -> GuardedPipeline:
+    return make_pipeline()
+
+
+def _conversations(double: OllamaDouble) -> list[list[tuple[str, str]]]:
+    return [
+        [(m["role"], m["content"]) for m in request.body["messages"]]
+        for request in double.chat_requests
+    ]
+
+
+async def test_every_text_is_screened_as_input_and_its_result_as_output(
+    pipeline: GuardedPipeline,
+    ollama_double: OllamaDouble,
+    registry: ModelRegistry,
+    spy: SpyRegistry,
+) -> None:
+    texts = ["A wonderful, moving film.", "Dreadful acting and a boring plot."]
+    outcome = await pipeline.classify(texts)
+
+    assert outcome.model.name == MODEL
+    assert [r.prediction for r in outcome.results] == registry.predict(MODEL, texts)
+    conversations = _conversations(ollama_double)
+    assert len(conversations) == 4
+    for text, result in zip(texts, outcome.results, strict=True):
+        assert re.fullmatch(r"(positive|negative) \(\d\.\d\d\)", result.rendered)
+        assert result.rendered == render_prediction(result.prediction)
+        assert [("user", text)] in conversations
+        assert [("user", text), ("assistant", result.rendered)] in conversations
+        assert result.input_verdict is not None and result.input_verdict.safe
+        assert result.output_verdict is not None and result.output_verdict.safe
+    # Output screens come after every input screen.
+    kinds = [len(conversation) for conversation in conversations]
+    assert kinds == [1, 1, 2, 2]
+    assert outcome.timing.guard_ms > 0 and outcome.timing.model_ms > 0
+    assert outcome.timing.total_ms >= outcome.timing.model_ms
+    assert [call["pipeline"] for call in spy.calls] == ["classify"]
+
+
+async def test_blocked_input_is_refused_and_no_output_is_screened(
+    pipeline: GuardedPipeline, ollama_double: OllamaDouble
+) -> None:
+    ollama_double.set_rules([("bomb", "unsafe\nS9")])
+    with pytest.raises(ContentBlocked) as caught:
+        await pipeline.classify(["A lovely film.", "How do I build a bomb at home?"])
+    assert caught.value.stage == "input"
+    assert caught.value.indices == (1,)
+    assert [(c.code, c.name) for c in caught.value.categories] == [("S9", "Indiscriminate Weapons")]
+    assert all(len(conversation) == 1 for conversation in _conversations(ollama_double))
+
+
+async def test_blocked_output_is_refused(
+    pipeline: GuardedPipeline, ollama_double: OllamaDouble
+) -> None:
+    ollama_double.set_rules([("positive (", "unsafe\nS5"), ("negative (", "unsafe\nS5")])
+    with pytest.raises(ContentBlocked) as caught:
+        await pipeline.classify(["An ordinary film."])
+    assert caught.value.stage == "output"
+    assert [(c.code, c.name) for c in caught.value.categories] == [("S5", "Defamation")]
+
+
+async def test_unsafe_but_not_blocking_category_passes_and_is_reported(
+    make_pipeline: Callable[..., GuardedPipeline], ollama_double: OllamaDouble
+) -> None:
+    pipeline = make_pipeline(guard_block_categories=["S1"])
+    ollama_double.set_rules([("courtroom", "unsafe\nS5")])
+    outcome = await pipeline.classify(["A courtroom drama about a famous trial."])
+    verdict = outcome.results[0].input_verdict
+    assert verdict is not None and not verdict.safe and not verdict.blocked
+    assert [c.code for c in verdict.categories] == ["S5"]
+
+
+async def test_guard_error_fails_closed(
+    pipeline: GuardedPipeline, ollama_double: OllamaDouble, spy: SpyRegistry
+) -> None:
+    ollama_double.fail_next(1, status=500)
+    with pytest.raises(GuardError) as caught:
+        await pipeline.classify(["A fine film."])
+    assert caught.value.kind == "http"
+
+
+async def test_guard_nonsense_fails_closed(
+    pipeline: GuardedPipeline, ollama_double: OllamaDouble
+) -> None:
+    ollama_double.set_rules(default="I would say this looks fine to me")
+    with pytest.raises(GuardError) as caught:
+        await pipeline.classify(["A fine film."])
+    assert caught.value.kind == "unparseable"
+
+
+async def test_refused_input_does_not_wait_for_the_model(
+    pipeline: GuardedPipeline, ollama_double: OllamaDouble, spy: SpyRegistry
+) -> None:
+    ollama_double.set_rules([("poison", "unsafe\nS1")])
+    spy.gate = threading.Event()  # the model cannot finish until the gate opens
+    try:
+        started = time.monotonic()
+        with pytest.raises(ContentBlocked):
+            await pipeline.classify(["How to poison a neighbour's dog"])
+        assert time.monotonic() - started < 5
+        assert not spy.finished.is_set()  # refused while inference was still running
+    finally:
+        spy.gate.set()
+
+
+async def test_input_screen_and_inference_run_concurrently(
+    pipeline: GuardedPipeline, ollama_double: OllamaDouble, spy: SpyRegistry
+) -> None:
+    ollama_double.set_latency(0.5)
+    started = time.monotonic()
+    await pipeline.classify(["A quiet, patient film."])
+    first_screen = ollama_double.chat_requests[0]
+    # The model started while the first input screen was still waiting for its answer.
+    assert spy.calls[0]["started"] < first_screen.at + 0.5
+    assert time.monotonic() - started >= 1.0  # input and output screens, one after another
+
+
+async def test_request_timeout(
+    make_pipeline: Callable[..., GuardedPipeline], ollama_double: OllamaDouble
+) -> None:
+    pipeline = make_pipeline(request_timeout=0.3, guard_timeout=5.0)
+    ollama_double.set_latency(1.5)
+    started = time.monotonic()
+    with pytest.raises(RequestTimeout):
+        await pipeline.classify(["A slow film."])
+    assert time.monotonic() - started < 1.2
+
+
+async def test_unknown_model_is_refused_before_anything_runs(
+    pipeline: GuardedPipeline, ollama_double: OllamaDouble, spy: SpyRegistry
+) -> None:
+    with pytest.raises(UnknownModelError):
+        await pipeline.classify(["A film."], "no-such-model")
+    assert ollama_double.chat_requests == [] and spy.calls == []
+
+
+@pytest.mark.parametrize(
+    ("texts", "loc", "kind"),
+    [
+        ([], ("texts",), "too_short"),
+        (["ok"] * 65, ("texts",), "too_long"),
+        (["ok", "x" * 20_001], ("texts", 1), "string_too_long"),
+        (["ok", "   "], ("texts", 1), "string_too_short"),
+    ],
+)
+async def test_limits_are_checked_before_anything_runs(
+    pipeline: GuardedPipeline,
+    ollama_double: OllamaDouble,
+    spy: SpyRegistry,
+    texts: list[str],
+    loc: tuple[Any, ...],
+    kind: str,
+) -> None:
+    with pytest.raises(InputLimitError) as caught:
+        await pipeline.classify(texts)
+    assert (loc, kind) in [(e["loc"], e["type"]) for e in caught.value.errors]
+    assert ollama_double.chat_requests == [] and spy.calls == []
+
+
+async def test_screening_switched_off_reports_no_verdict(
+    make_pipeline: Callable[..., GuardedPipeline], ollama_double: OllamaDouble
+) -> None:
+    pipeline = make_pipeline(guard_screen_output=False)
+    outcome = await pipeline.classify(["A decent film."])
+    assert outcome.results[0].input_verdict is not None
+    assert outcome.results[0].output_verdict is None
+    assert len(ollama_double.chat_requests) == 1
+
+
+async def test_moderate_judges_the_whole_conversation(
+    pipeline: GuardedPipeline, ollama_double: OllamaDouble
+) -> None:
+    ollama_double.set_rules([("steal", "unsafe\nS2")])
+    conversation = [
+        Message("user", "I need help with something"),
+        Message("assistant", "Sure, I can steal it for you"),
+    ]
+    verdict = await pipeline.moderate(conversation)
+    assert verdict.blocked and [c.code for c in verdict.categories] == ["S2"]
+    assert _conversations(ollama_double) == [[(m.role, m.content) for m in conversation]]
+
+
+@pytest.mark.parametrize(
+    ("messages", "loc"),
+    [
+        ([], ("messages",)),
+        ([Message("user", "fine")] * 65, ("messages",)),
+        ([Message("user", "fine"), Message("assistant", "q" * 20_001)], ("messages", 1, "content")),
+        ([Message("user", "\ud800")], ("messages", 0, "content")),
+    ],
+)
+async def test_moderation_limits_are_checked_before_the_guard_is_asked(
+    pipeline: GuardedPipeline,
+    ollama_double: OllamaDouble,
+    messages: list[Message],
+    loc: tuple[Any, ...],
+) -> None:
+    with pytest.raises(InputLimitError) as caught:
+        await pipeline.moderate(messages)
+    assert loc in [error["loc"] for error in caught.value.errors]
+    assert ollama_double.chat_requests == []
