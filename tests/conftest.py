@@ -57,3 +57,19 @@ def guard_settings(ollama_double: OllamaDouble) -> Callable[..., Settings]:
         return Settings(_env_file=None, **values)
 
     return make
+
+
+# --- servers whose public URL names their port ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """A function returning a loopback port that is free right now, for servers that must
+    know their port before they start (the A2A agent card names it through PUBLIC_URL)."""
+
+    def pick() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    return pick

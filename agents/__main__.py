@@ -1,0 +1,66 @@
+"""Command line: ``python -m agents ask URL "text" [--skill S] [--stream] [--token T]``.
+
+Asks any A2A agent (this service, or another) one question over HTTP/2 and prints the
+events as they arrive, then the final result. Exit status: 0 when the task completed,
+1 when it ended otherwise (rejected, failed, canceled), 2 when the agent could not be
+reached or refused the request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from agents.client import answer_json, ask
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m agents", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    ask_cmd = commands.add_parser("ask", help="send one text message to an A2A agent")
+    ask_cmd.add_argument("url", help="the agent's base URL (its card is at /.well-known/...)")
+    ask_cmd.add_argument("text", help="the text to send")
+    ask_cmd.add_argument("--skill", help="skill id, sent as the message metadata 'skill'")
+    ask_cmd.add_argument("--stream", action="store_true", help="stream status updates (SSE)")
+    ask_cmd.add_argument(
+        "--token",
+        default=os.environ.get("A2A_TOKEN"),
+        help="bearer token (default: $A2A_TOKEN)",
+    )
+    ask_cmd.add_argument(
+        "--http1",
+        action="store_true",
+        help="allow HTTP/1.1 on plain http:// (default: HTTP/2 with prior knowledge)",
+    )
+    ask_cmd.add_argument("--json", action="store_true", help="end with the final task as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        answer = asyncio.run(
+            ask(
+                args.url,
+                args.text,
+                skill=args.skill,
+                stream=args.stream,
+                token=args.token,
+                http1=args.http1,
+                out=lambda line: print(line, flush=True),
+            )
+        )
+    except Exception as exc:  # unreachable agent, bad card, refused request (A2AError), ...
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(f"result: {answer.state}")
+    if args.json:
+        print(json.dumps(answer_json(answer), indent=2))
+    return 0 if answer.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

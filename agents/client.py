@@ -1,0 +1,163 @@
+"""Asking any A2A agent something, with the a2a-sdk client over HTTP/2.
+
+:func:`ask` resolves the agent's card from ``<url>/.well-known/agent-card.json``, lets the
+SDK's client factory pick the transport the card offers (JSON-RPC or HTTP+JSON, protocol
+1.0 or 0.3), sends one text message, and reports every event (task, status updates,
+artifacts) to a callback as it arrives. HTTP/2 throughout: negotiated by ALPN on https,
+and with prior knowledge (h2c) on plain http unless ``http1=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from a2a.client import ClientConfig, ClientFactory
+from a2a.helpers import get_data_parts, get_text_parts
+from a2a.types import (
+    AgentCard,
+    Artifact,
+    Message,
+    Part,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    Task,
+    TaskState,
+)
+from a2a.utils.constants import TransportProtocol
+from google.protobuf.json_format import MessageToDict
+
+Printer = Callable[[str], None]
+
+FINAL_STATES = {
+    TaskState.TASK_STATE_COMPLETED,
+    TaskState.TASK_STATE_FAILED,
+    TaskState.TASK_STATE_REJECTED,
+    TaskState.TASK_STATE_CANCELED,
+}
+
+
+@dataclass
+class Answer:
+    """What the agent answered: the last task seen (or a direct message) and its card."""
+
+    card: AgentCard
+    task: Task | None = None
+    message: Message | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        if self.task is None:
+            return "message" if self.message is not None else "none"
+        return state_name(self.task.status.state)
+
+    @property
+    def ok(self) -> bool:
+        return self.message is not None or (
+            self.task is not None and self.task.status.state == TaskState.TASK_STATE_COMPLETED
+        )
+
+
+def state_name(state: int) -> str:
+    """``TASK_STATE_WORKING`` -> ``working``."""
+    return TaskState.Name(state).removeprefix("TASK_STATE_").lower()
+
+
+def http_client(url: str, *, token: str | None = None, http1: bool = False) -> httpx.AsyncClient:
+    """An HTTP/2 httpx client for ``url`` (h2c prior knowledge on http:// unless http1)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    prior_knowledge = url.startswith("http://") and not http1
+    return httpx.AsyncClient(
+        http2=True, http1=not prior_knowledge, headers=headers, timeout=httpx.Timeout(60.0)
+    )
+
+
+def user_message(text: str, skill: str | None = None) -> Message:
+    message = Message(role=Role.ROLE_USER, message_id=str(uuid.uuid4()), parts=[Part(text=text)])
+    if skill:
+        message.metadata.update({"skill": skill})
+    return message
+
+
+async def ask(
+    url: str,
+    text: str,
+    *,
+    skill: str | None = None,
+    stream: bool = False,
+    token: str | None = None,
+    http1: bool = False,
+    out: Printer = print,
+) -> Answer:
+    """Send ``text`` to the agent at ``url``; report events to ``out``; return the answer."""
+    async with http_client(url, token=token, http1=http1) as http:
+        config = ClientConfig(
+            streaming=stream,
+            httpx_client=http,
+            supported_protocol_bindings=[TransportProtocol.JSONRPC, TransportProtocol.HTTP_JSON],
+        )
+        client = await ClientFactory(config).create_from_url(url.rstrip("/"))
+        answer = Answer(card=client._card)  # noqa: SLF001 - the card the client was built from
+        out(f"agent: {answer.card.name} {answer.card.version}".rstrip())
+        request = SendMessageRequest(message=user_message(text, skill))
+        async with client:
+            async for event in client.send_message(request):
+                _report(event, answer, out)
+        return answer
+
+
+def _report(event: StreamResponse, answer: Answer, out: Printer) -> None:
+    if event.HasField("task"):
+        answer.task = event.task
+        out(f"task {event.task.id}: {state_name(event.task.status.state)}")
+        _report_status_message(event.task.status.message, out)
+        for artifact in event.task.artifacts:
+            if not any(a.artifact_id == artifact.artifact_id for a in answer.artifacts):
+                answer.artifacts.append(artifact)
+                _report_artifact(artifact, out)
+    elif event.HasField("status_update"):
+        update = event.status_update
+        if answer.task is not None:
+            answer.task.status.CopyFrom(update.status)
+        out(f"status: {state_name(update.status.state)}")
+        _report_status_message(update.status.message, out)
+    elif event.HasField("artifact_update"):
+        artifact = event.artifact_update.artifact
+        answer.artifacts.append(artifact)
+        if answer.task is not None:
+            answer.task.artifacts.append(artifact)
+        _report_artifact(artifact, out)
+    elif event.HasField("message"):
+        answer.message = event.message
+        for line in get_text_parts(event.message.parts):
+            out(f"message: {line}")
+
+
+def _report_status_message(message: Message, out: Printer) -> None:
+    for line in get_text_parts(message.parts):
+        out(f"  {line}")
+    for data in get_data_parts(message.parts):
+        out("  " + json.dumps(data, sort_keys=True))
+
+
+def _report_artifact(artifact: Artifact, out: Printer) -> None:
+    out(f"artifact {artifact.name or artifact.artifact_id}:")
+    for line in get_text_parts(artifact.parts):
+        out(f"  {line}")
+    for data in get_data_parts(artifact.parts):
+        out("  " + json.dumps(data, sort_keys=True))
+
+
+def answer_json(answer: Answer) -> dict[str, Any]:
+    """The final task (or message) as protocol JSON."""
+    if answer.task is not None:
+        return MessageToDict(answer.task)
+    if answer.message is not None:
+        return MessageToDict(answer.message)
+    return {}

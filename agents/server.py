@@ -1,0 +1,131 @@
+"""Mounting the A2A agent into the service's FastAPI app.
+
+Routes (URLs in the card follow PUBLIC_URL):
+
+- ``GET  /.well-known/agent-card.json``  the public agent card
+- ``POST /a2a/jsonrpc`` and ``POST /``    JSON-RPC; protocol 1.0 when the request says
+  ``A2A-Version: 1.0``, else 0.3 (method names ``message/send``, ``tasks/get``, ...)
+- ``/a2a/rest/...``                      HTTP+JSON 1.0 (``/message:send``, ``/tasks/{id}``,
+  ``/tasks``, ``/extendedAgentCard``) and 0.3 (``/v1/message:send``, ``/v1/card``, ...)
+
+One request handler serves them all, with the task store from TASK_STORE_URL; the executor
+reaches the models and the guard only through the app's GuardedPipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from a2a.server.context import ServerCallContext
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.routes import (
+    add_a2a_routes_to_fastapi,
+    create_agent_card_routes,
+    create_jsonrpc_routes,
+    create_rest_routes,
+)
+from a2a.types import AgentCard
+from fastapi import FastAPI
+from starlette.routing import Mount, Route
+
+from agents.card import CARD_PATH, JSONRPC_PATH, REST_PATH, extended_card, public_card
+from agents.executor import GuardedAgentExecutor, SkillContextBuilder
+from agents.store import TaskStorage, create_task_storage
+from service.config import Settings
+from service.pipeline import GuardedPipeline
+
+logger = logging.getLogger("agents.server")
+
+
+def mount_a2a(app: FastAPI, settings: Settings) -> None:
+    """Add the agent card, JSON-RPC and HTTP+JSON routes to ``app``, and hook the task
+    store and the handler into the app's lifespan."""
+
+    def pipeline() -> GuardedPipeline:
+        return app.state.pipeline  # set by the app's lifespan
+
+    card = public_card(settings, app.version)
+    storage = create_task_storage(settings.task_store_url, settings.task_store_max_tasks)
+    handler = DefaultRequestHandler(
+        agent_executor=GuardedAgentExecutor(pipeline),
+        task_store=storage.store,
+        agent_card=card,
+        request_context_builder=SkillContextBuilder(pipeline, settings),
+        extended_agent_card=card if settings.api_tokens else None,
+        extended_card_modifier=_extended_card_modifier(settings, pipeline)
+        if settings.api_tokens
+        else None,
+    )
+    [jsonrpc] = create_jsonrpc_routes(handler, rpc_url=JSONRPC_PATH, enable_v0_3_compat=True)
+    if not isinstance(jsonrpc, Route):
+        raise TypeError(f"a2a-sdk gave a {type(jsonrpc).__name__} for the JSON-RPC endpoint")
+    # The same endpoint at "/", where A2A clients and plain curl examples post by default.
+    root = Route("/", endpoint=jsonrpc.endpoint, methods=["POST"])
+    rest = [
+        route
+        for route in create_rest_routes(handler, enable_v0_3_compat=True, path_prefix=REST_PATH)
+        # The multi-tenant copy of the routes is mounted at "/{tenant}", which would swallow
+        # every two-segment path of the app; this agent has no tenants.
+        if not isinstance(route, Mount)
+    ]
+    add_a2a_routes_to_fastapi(
+        app,
+        agent_card_routes=create_agent_card_routes(card, card_url=CARD_PATH),
+        jsonrpc_routes=[jsonrpc, root],
+        rest_routes=rest,
+    )
+    app.state.agent_card = card
+    _wrap_lifespan(app, storage, handler)
+    if settings.port == 0 and not settings.public_url:
+        logger.warning(
+            "PUBLIC_URL is not set and PORT is 0: the agent card's URLs name port 0; "
+            "set PUBLIC_URL (or a fixed PORT) for a card clients can follow"
+        )
+
+
+def _extended_card_modifier(
+    settings: Settings, pipeline: Callable[[], GuardedPipeline]
+) -> Callable[[AgentCard, ServerCallContext], Any]:
+    cached: dict[str, AgentCard] = {}
+
+    async def modify(card: AgentCard, _context: ServerCallContext) -> AgentCard:
+        # The models are loaded once at startup, so the extended card is built once.
+        if "card" not in cached:
+            served = pipeline()
+            models = [served.model_info(name) for name in served.model_names()]
+            cached["card"] = extended_card(card, settings, models, served.default_model)
+        return cached["card"]
+
+    return modify
+
+
+def _wrap_lifespan(app: FastAPI, storage: TaskStorage, handler: DefaultRequestHandler) -> None:
+    """Open the task store after the app's own startup; drain running tasks and close the
+    store before the app's own shutdown."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(the_app: FastAPI) -> AsyncIterator[Any]:
+        async with inner(the_app) as state:
+            try:
+                await storage.start()
+            except Exception as exc:
+                logger.error(
+                    "cannot open the task store",
+                    extra={
+                        "task_store": storage.description,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    },
+                )
+                raise
+            logger.info("a2a agent ready", extra={"task_store": storage.description})
+            try:
+                yield state
+            finally:
+                await handler.aclose()
+                await storage.close()
+
+    app.router.lifespan_context = lifespan

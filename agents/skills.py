@@ -1,0 +1,258 @@
+"""The agent's skills and how an incoming A2A message becomes a job for one of them.
+
+A message carries its texts as text parts (one text per part) and/or a data part
+``{"texts": [...], "text": "...", "model": "...", "skill": "...", "messages": [...]}``.
+The skill comes from the data part's ``"skill"``, else the message metadata's ``"skill"``,
+else the request metadata's ``"skill"``, else :data:`DEFAULT_SKILL`. Anything the service
+would refuse as a client error is refused here, before a task exists, with the protocol's
+own error (invalid params, or content type not supported for file parts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from a2a.types import Message as A2AMessage
+from a2a.types import Part
+from a2a.utils.errors import ContentTypeNotSupportedError, InvalidParamsError
+from google.protobuf.json_format import MessageToDict
+
+from service.config import Settings
+from service.guard.types import Message
+from service.models.registry import UnknownModelError
+from service.pipeline import GuardedPipeline, InputLimitError
+
+SENTIMENT_CNN = "sentiment-cnn"
+SENTIMENT_MOE = "sentiment-moe"
+MODERATION = "moderation"
+SKILL_IDS = (SENTIMENT_CNN, SENTIMENT_MOE, MODERATION)
+DEFAULT_SKILL = SENTIMENT_CNN
+
+DATA_KEYS = frozenset({"texts", "text", "model", "skill", "messages"})
+ROLES = ("user", "assistant")
+
+Operation = Literal["classify", "moderate"]
+
+
+@dataclass(frozen=True)
+class SkillInfo:
+    id: str
+    name: str
+    description: str
+    tags: tuple[str, ...]
+    examples: tuple[str, ...]
+
+
+SKILLS: dict[str, SkillInfo] = {
+    SENTIMENT_CNN: SkillInfo(
+        SENTIMENT_CNN,
+        "Sentiment classification (CNN)",
+        "Classifies the sentiment of English movie-review-style texts as positive or negative "
+        "with a quantized 1-D convolutional network trained on IMDB. Every text and every "
+        "answer is screened by Llama Guard 3; unsafe input is rejected naming the hazard "
+        "categories. Send the texts as text parts (one text per part) or as a data part "
+        '{"texts": [...], "model": "<optional model name>"}. Answers with an artifact '
+        "holding the results (label, score, both class probabilities, guard verdicts) as "
+        "data and a one-line summary as text. This is the default skill.",
+        ("sentiment", "classification", "cnn", "imdb", "guarded"),
+        (
+            "One of the best films I have ever seen: moving and beautifully acted.",
+            '{"texts": ["A dull, lifeless remake.", "Pure joy from start to finish."]}',
+        ),
+    ),
+    SENTIMENT_MOE: SkillInfo(
+        SENTIMENT_MOE,
+        "Sentiment classification (Mixture of Experts)",
+        "Classifies the sentiment of English texts as positive or negative with a "
+        "Switch-Transformer mixture-of-experts model (10 experts, top-1 routing) trained on "
+        "IMDB, behind the same Llama Guard 3 screens as the CNN skill. Select it with "
+        '"skill": "sentiment-moe" in a data part or in the message metadata.',
+        ("sentiment", "classification", "mixture-of-experts", "switch-transformer", "guarded"),
+        (
+            '{"skill": "sentiment-moe", "texts": ["The plot made no sense at all."]}',
+            "The soundtrack alone is worth the ticket.",
+        ),
+    ),
+    MODERATION: SkillInfo(
+        MODERATION,
+        "Content moderation (Llama Guard 3)",
+        "Judges content with Llama Guard 3 against the MLCommons hazard taxonomy (S1-S14): "
+        'each text part (or each entry of a data part\'s "texts") is judged as a user '
+        'message, or a data part {"messages": [{"role": "user"|"assistant", "content": ...}]} '
+        "is judged as one conversation. Answers with the verdicts (safe, blocked, category "
+        "codes and names); an unsafe verdict is an answer, not a refusal.",
+        ("moderation", "safety", "llama-guard", "content-policy"),
+        (
+            '{"skill": "moderation", "texts": ["How do I bake bread?"]}',
+            '{"skill": "moderation", "messages": [{"role": "user", "content": "Hi"}, '
+            '{"role": "assistant", "content": "Hello!"}]}',
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one message asks for, validated."""
+
+    skill: str
+    operation: Operation
+    texts: tuple[str, ...] = ()
+    model: str | None = None  # classification: the model to run
+    conversation: tuple[Message, ...] = ()  # moderation of one conversation
+
+
+def skill_model(skill: str, settings: Settings) -> str:
+    """The model a sentiment skill runs when the message names none."""
+    if skill == SENTIMENT_MOE:
+        return settings.a2a_moe_model
+    return settings.a2a_cnn_model or settings.default_model
+
+
+def parse_job(
+    message: A2AMessage,
+    request_metadata: Mapping[str, Any],
+    pipeline: GuardedPipeline,
+    settings: Settings,
+) -> Job:
+    """Turn a message into a Job; raise the A2A error the protocol has for what is wrong."""
+    texts: list[str] = []
+    data: dict[str, Any] = {}
+    for index, part in enumerate(message.parts):
+        texts_from_part, data_from_part = _read_part(part, index)
+        texts.extend(texts_from_part)
+        for key, value in data_from_part.items():
+            if key in data:
+                raise _invalid(f"{key!r} is given by more than one data part")
+            data[key] = value
+    texts.extend(_data_texts(data))
+    skill = _choose_skill(data, message, request_metadata)
+
+    if skill == MODERATION:
+        if "model" in data:
+            raise _invalid("the moderation skill always uses the guard model; drop 'model'")
+        conversation = _conversation(data.get("messages"))
+        if conversation and texts:
+            raise _invalid("send either 'messages' (one conversation) or texts, not both")
+        try:
+            if conversation:
+                pipeline.check_messages(conversation)
+            else:
+                pipeline.check_texts(texts)
+        except InputLimitError as exc:
+            raise _limits(exc) from None
+        return Job(skill, "moderate", texts=tuple(texts), conversation=tuple(conversation))
+
+    if "messages" in data:
+        raise _invalid(f"'messages' belongs to the moderation skill, not {skill!r}")
+    model = data.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise _invalid("'model' must be a non-empty string")
+    model = model or skill_model(skill, settings)
+    try:
+        pipeline.check_texts(texts)
+    except InputLimitError as exc:
+        raise _limits(exc) from None
+    try:
+        pipeline.model_info(model)
+    except UnknownModelError as exc:
+        raise InvalidParamsError(
+            message=f"no model named {model!r}; available: {', '.join(exc.available)}",
+            data={"model": model, "available": list(exc.available)},
+        ) from None
+    return Job(skill, "classify", texts=tuple(texts), model=model)
+
+
+def _read_part(part: Part, index: int) -> tuple[list[str], dict[str, Any]]:
+    if part.HasField("text"):
+        return [part.text], {}
+    if part.HasField("data"):
+        value = MessageToDict(part.data)
+        if not isinstance(value, dict):
+            raise _invalid(f"data part {index} must be a JSON object")
+        unknown = sorted(set(value) - DATA_KEYS)
+        if unknown:
+            raise _invalid(
+                f"data part {index} has unknown keys {unknown}; known: {sorted(DATA_KEYS)}"
+            )
+        return [], value
+    raise ContentTypeNotSupportedError(
+        message=f"part {index} is not text or JSON data; this agent reads no files"
+    )
+
+
+def _data_texts(data: Mapping[str, Any]) -> list[str]:
+    texts: list[str] = []
+    if "text" in data:
+        if not isinstance(data["text"], str):
+            raise _invalid("'text' must be a string")
+        texts.append(data["text"])
+    if "texts" in data:
+        value = data["texts"]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise _invalid("'texts' must be a list of strings")
+        texts.extend(value)
+    return texts
+
+
+def _choose_skill(
+    data: Mapping[str, Any], message: A2AMessage, request_metadata: Mapping[str, Any]
+) -> str:
+    candidates = (
+        data.get("skill"),
+        MessageToDict(message.metadata).get("skill") if message.HasField("metadata") else None,
+        request_metadata.get("skill"),
+    )
+    skill = next((value for value in candidates if value is not None), DEFAULT_SKILL)
+    if skill not in SKILLS:
+        raise InvalidParamsError(
+            message=f"unknown skill {skill!r}; skills: {', '.join(SKILL_IDS)}",
+            data={"skill": str(skill), "skills": list(SKILL_IDS)},
+        )
+    return skill
+
+
+def _conversation(value: Any) -> list[Message]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not value:
+        raise _invalid("'messages' must be a non-empty list of {role, content} objects")
+    conversation = []
+    for index, item in enumerate(value):
+        if (
+            not isinstance(item, dict)
+            or set(item) != {"role", "content"}
+            or item["role"] not in ROLES
+            or not isinstance(item["content"], str)
+        ):
+            raise _invalid(
+                f'messages[{index}] must be {{"role": "user"|"assistant", "content": "..."}}'
+            )
+        conversation.append(Message(role=item["role"], content=item["content"]))
+    return conversation
+
+
+def _invalid(message: str) -> InvalidParamsError:
+    return InvalidParamsError(message=message)
+
+
+def _limits(exc: InputLimitError) -> InvalidParamsError:
+    # The shape every A2A transport renders as field violations: {"field", "message"}.
+    errors = [{"field": _field(error["loc"]), "message": error["msg"]} for error in exc.errors]
+    return InvalidParamsError(message=str(exc), data={"errors": errors})
+
+
+def _field(loc: Sequence[Any]) -> str:
+    field = ""
+    for item in loc:
+        field += f"[{item}]" if isinstance(item, int) else (f".{item}" if field else str(item))
+    return field
+
+
+def summary_of(items: Sequence[str], limit: int = 10) -> str:
+    """Join short per-text summaries, counting instead of listing past ``limit``."""
+    if len(items) <= limit:
+        return "; ".join(items)
+    return "; ".join(items[:limit]) + f"; ... ({len(items) - limit} more)"

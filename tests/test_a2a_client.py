@@ -1,0 +1,112 @@
+"""The agent-to-agent client CLI (``python -m agents ask``) against the real server, over
+HTTP/2: the card is resolved, the message sent with the a2a-sdk client, events printed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.helpers import REPO, ServerProcess, running_server
+from tests.ollama_double import OllamaDouble
+
+GOOD = "One of the best films I have ever seen: a moving, beautifully acted masterpiece."
+
+
+@pytest.fixture(scope="module")
+def double() -> Iterator[OllamaDouble]:
+    with OllamaDouble() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(double: OllamaDouble, free_port: Callable[[], int]) -> Iterator[ServerProcess]:
+    port = free_port()
+    with running_server(
+        ollama_host=double.url, port=port, public_url=f"http://127.0.0.1:{port}"
+    ) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _fresh_double(double: OllamaDouble) -> None:
+    double.reset()
+
+
+def ask(url: str, text: str, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agents", "ask", url, text, *options],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+
+def test_ask_prints_the_task_and_its_result(server: ServerProcess, double: OllamaDouble) -> None:
+    result = ask(server.base_url, GOOD)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "agent: Guarded Inference Service 0.1.0"
+    assert lines[1].startswith("task ") and lines[1].endswith(": completed")
+    assert "artifact sentiment-cnn-result:" in lines
+    summary = lines[lines.index("artifact sentiment-cnn-result:") + 1]
+    assert summary.startswith("  sentiment-cnn-int8: positive (")
+    assert lines[-1] == "result: completed"
+    assert len(double.chat_requests) == 2  # both screens ran
+    # Card and message both went over HTTP/2.
+    a2a = [
+        entry
+        for entry in server.logs()
+        if entry.get("message") == "request"
+        and entry.get("path") in ("/.well-known/agent-card.json", "/a2a/jsonrpc")
+    ]
+    assert {entry["path"] for entry in a2a} == {"/.well-known/agent-card.json", "/a2a/jsonrpc"}
+    assert {entry["http_version"] for entry in a2a} == {"2"}
+
+
+def test_ask_stream_prints_status_updates_as_they_arrive(server: ServerProcess) -> None:
+    result = ask(server.base_url, GOOD, "--stream")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    order = [
+        next(i for i, line in enumerate(lines) if line.endswith(": submitted")),
+        lines.index("status: working"),
+        lines.index("artifact sentiment-cnn-result:"),
+        lines.index("status: completed"),
+        lines.index("result: completed"),
+    ]
+    assert order == sorted(order)
+    assert "  screening 1 text with the guard and classifying with sentiment-cnn-int8" in lines
+
+
+def test_ask_with_a_skill_and_json(server: ServerProcess, double: OllamaDouble) -> None:
+    result = ask(server.base_url, GOOD, "--skill", "sentiment-moe", "--json")
+    assert result.returncode == 0, result.stderr
+    task = json.loads(result.stdout[result.stdout.index("\n{") :])
+    assert task["status"]["state"] == "TASK_STATE_COMPLETED"
+    [artifact] = task["artifacts"]
+    assert artifact["parts"][0]["data"]["model"]["name"] == "switch-moe"
+    assert task["history"][0]["metadata"] == {"skill": "sentiment-moe"}
+
+    double.set_rules([("steal", "unsafe\nS2")])
+    result = ask(server.base_url, "How do I steal a car?", "--skill", "moderation")
+    assert result.returncode == 0, result.stderr
+    assert "  unsafe (blocked): S2 Non-Violent Crimes" in result.stdout.splitlines()
+
+
+def test_ask_reports_a_rejection_and_exits_1(server: ServerProcess, double: OllamaDouble) -> None:
+    double.set_rules([("bomb", "unsafe\nS9")])
+    result = ask(server.base_url, "How to build a bomb", "--stream")
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "status: rejected" in lines
+    assert "  rejected: the guard judged the input unsafe: S9 Indiscriminate Weapons" in lines
+    assert lines[-1] == "result: rejected"
+
+
+def test_ask_an_unreachable_agent_exits_2(closed_port: int) -> None:
+    result = ask(f"http://127.0.0.1:{closed_port}", "hello")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
