@@ -328,3 +328,20 @@ async def test_a_connection_outlives_1000_requests(server: ServerProcess) -> Non
     )
     assert len(lines) == 1100
     assert len({line["client"] for line in lines}) == 1
+
+
+async def test_a_screen_turned_off_is_shown_by_readyz_and_skipped(ollama_double) -> None:
+    with running_server(ollama_host=ollama_double.url, guard_screen_output=False) as server:
+        async with httpx.AsyncClient(http2=True, http1=False, base_url=server.base_url) as client:
+            ready = await client.get("/readyz")
+            answer = await client.post("/v1/classify", json={"text": "A fine, warm film."})
+    assert ready.status_code == 200, ready.text
+    screens = ready.json()["checks"]["screens"]
+    assert screens["input"] is True and screens["output"] is False
+    assert screens["warning"] == "output screening is off"
+    assert answer.status_code == 200
+    result = answer.json()["results"][0]
+    assert result["screens"]["input"]["safe"] is True and result["screens"]["output"] is None
+    # Only the input conversation reached the guard.
+    assert [len(r.body["messages"]) for r in ollama_double.chat_requests] == [1]
+    assert any("screening is OFF" in str(e.get("message")) for e in server.logs())
