@@ -103,7 +103,7 @@ async def ask(
             supported_protocol_bindings=[TransportProtocol.JSONRPC, TransportProtocol.HTTP_JSON],
         )
         client = await ClientFactory(config).create_from_url(url.rstrip("/"))
-        answer = Answer(card=client._card)  # noqa: SLF001 - the card the client was built from
+        answer = Answer(card=client._card)  # the card the client was built from
         out(f"agent: {answer.card.name} {answer.card.version}".rstrip())
         request = SendMessageRequest(message=user_message(text, skill))
         async with client:

@@ -73,7 +73,7 @@ ComposeLoader.add_constructor("!override", _reset)
 
 def load_compose(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as handle:
-        return yaml.load(handle, Loader=ComposeLoader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(handle, Loader=ComposeLoader)  # a SafeLoader subclass
 
 
 def read_env_file(path: Path) -> dict[str, str]:
