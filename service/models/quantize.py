@@ -38,14 +38,23 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def _conv_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """Conv1d weight [out, in, k] -> im2col matrix [in * k, out], matching unfold's layout."""
-    return weight.reshape(weight.shape[0], -1).t().contiguous()
+    """Conv1d weight [out, in, k] -> matrix [k * in, out] in the (tap, channel) order of
+    _im2col's rows."""
+    return weight.permute(0, 2, 1).reshape(weight.shape[0], -1).t().contiguous()
 
 
 def _im2col(x: torch.Tensor, kernel: int, stride: int) -> tuple[torch.Tensor, int]:
-    """[batch, length, channels] -> [batch * out_length, channels * kernel]."""
-    windows = x.unfold(1, kernel, stride)  # [batch, out_length, channels, kernel]
-    return windows.reshape(-1, windows.shape[2] * kernel), windows.shape[1]
+    """[batch, length, channels] (contiguous) -> [batch * out_length, kernel * channels].
+
+    With channels last, one window of ``kernel`` positions is one contiguous run of memory,
+    so the rows are a strided view and the copy moves whole runs.
+    """
+    batch, length, channels = x.shape
+    out_length = (length - kernel) // stride + 1
+    windows = x.as_strided(
+        (batch, out_length, kernel * channels), (length * channels, stride * channels, 1)
+    )
+    return windows.reshape(batch * out_length, kernel * channels), out_length
 
 
 def calibrate_int8(model: SentimentCNN, batches: list[torch.Tensor]) -> dict[str, float]:
@@ -115,7 +124,9 @@ class Int8SentimentCNN(nn.Module):
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         batch = token_ids.shape[0]
-        x = self.embedding[token_ids]  # int8 [batch, length, embed]
+        x = self.embedding.index_select(0, token_ids.reshape(-1)).reshape(
+            batch, token_ids.shape[1], -1
+        )  # int8 [batch, length, embed]
         cols, length = _im2col(x, cfg.kernel_size, cfg.stride)
         acc = torch._int_mm(cols, self.conv1_matrix)
         h = torch.relu(acc * self.conv1_rescale + self.conv1_bias)  # fp32 [batch*len, filters]
