@@ -156,3 +156,11 @@ def test_missing_file_is_refused_clearly(tmp_path):
     (folder / "vocab.json").unlink()
     with pytest.raises(ArtifactError, match="missing vocab.json"):
         ModelRegistry.load(["switch-moe"], root=tmp_path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_text_gets_the_same_answer_alone_and_in_a_batch(registry, sample, name):
+    texts = [row["text"] for row in sample[:12]]
+    together = registry.get(name).predict_proba(texts)
+    alone = [registry.get(name).predict_proba([text])[0] for text in texts]
+    assert together == pytest.approx(alone, abs=1e-5)

@@ -47,14 +47,17 @@ def _im2col(x: torch.Tensor, kernel: int, stride: int) -> tuple[torch.Tensor, in
     """[batch, length, channels] (contiguous) -> [batch * out_length, kernel * channels].
 
     With channels last, one window of ``kernel`` positions is one contiguous run of memory,
-    so the rows are a strided view and the copy moves whole runs.
+    so the rows are a strided view and the copy into a matrix moves whole runs.
     """
     batch, length, channels = x.shape
     out_length = (length - kernel) // stride + 1
     windows = x.as_strided(
         (batch, out_length, kernel * channels), (length * channels, stride * channels, 1)
     )
-    return windows.reshape(batch * out_length, kernel * channels), out_length
+    # Rows overlap in memory (stride < row length); a matrix product needs them apart, and
+    # reshape alone would keep the overlapping view when batch == 1.
+    rows = windows.reshape(batch * out_length, kernel * channels).contiguous()
+    return rows, out_length
 
 
 def calibrate_int8(model: SentimentCNN, batches: list[torch.Tensor]) -> dict[str, float]:
