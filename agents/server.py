@@ -6,7 +6,8 @@ Routes (URLs in the card follow PUBLIC_URL):
 - ``POST /a2a/jsonrpc`` and ``POST /``    JSON-RPC; protocol 1.0 when the request says
   ``A2A-Version: 1.0``, else 0.3 (method names ``message/send``, ``tasks/get``, ...)
 - ``/a2a/rest/...``                      HTTP+JSON 1.0 (``/message:send``, ``/tasks/{id}``,
-  ``/tasks``, ``/extendedAgentCard``) and 0.3 (``/v1/message:send``, ``/v1/card``, ...)
+  ``/tasks``, ``/extendedAgentCard``) and 0.3 (``/v1/message:send``, ``/v1/card``, ...;
+  see :mod:`agents.rest_v03`)
 
 One request handler serves them all, with the task store from TASK_STORE_URL; the executor
 reaches the models and the guard only through the app's GuardedPipeline.
@@ -29,10 +30,11 @@ from a2a.server.routes import (
 )
 from a2a.types import AgentCard
 from fastapi import FastAPI
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from agents.card import CARD_PATH, JSONRPC_PATH, REST_PATH, extended_card, public_card
 from agents.executor import GuardedAgentExecutor, SkillContextBuilder
+from agents.rest_v03 import create_rest_v03_routes
 from agents.store import TaskStorage, create_task_storage
 from service.config import Settings
 from service.pipeline import GuardedPipeline
@@ -64,9 +66,11 @@ def mount_a2a(app: FastAPI, settings: Settings) -> None:
         raise TypeError(f"a2a-sdk gave a {type(jsonrpc).__name__} for the JSON-RPC endpoint")
     # The same endpoint at "/", where A2A clients and plain curl examples post by default.
     root = Route("/", endpoint=jsonrpc.endpoint, methods=["POST"])
-    rest = [
+    # Protocol 0.3 first, as the SDK orders them; ours refuse before a stream starts.
+    rest: list[BaseRoute] = list(create_rest_v03_routes(handler, path_prefix=REST_PATH))
+    rest += [
         route
-        for route in create_rest_routes(handler, enable_v0_3_compat=True, path_prefix=REST_PATH)
+        for route in create_rest_routes(handler, path_prefix=REST_PATH)
         # The multi-tenant copy of the routes is mounted at "/{tenant}", which would swallow
         # every two-segment path of the app; this agent has no tenants.
         if not isinstance(route, Mount)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import threading
 import time
 from collections import deque
@@ -77,11 +78,11 @@ class OllamaDouble:
         self._initial_rules = rules
         self._initial_default = default
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _Handler, bind_and_activate=False)
+        self._server = _Server((host, port), _Handler, bind_and_activate=False)
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self._server.request_queue_size = 128
-        self._server.double = self  # type: ignore[attr-defined]
+        self._server.double = self
         self._thread: threading.Thread | None = None
         self.reset()
 
@@ -128,6 +129,7 @@ class OllamaDouble:
             self._models: list[str] = list(self._initial_models)
             self._in_flight = 0
             self._max_in_flight = 0
+            self._client_disconnects = 0
         self.set_rules(self._initial_rules, default=self._initial_default)
 
     def set_rules(self, rules: Rules = None, *, default: str = "safe") -> None:
@@ -204,7 +206,17 @@ class OllamaDouble:
         with self._lock:
             return self._max_in_flight
 
+    @property
+    def client_disconnects(self) -> int:
+        """How many connections the client closed or reset while the double still used them."""
+        with self._lock:
+            return self._client_disconnects
+
     # --- serving (called from handler threads) -------------------------------------------------
+
+    def _client_gone(self) -> None:
+        with self._lock:
+            self._client_disconnects += 1
 
     def _has_model(self, name: str) -> bool:
         with self._lock:
@@ -397,6 +409,22 @@ def _digest(name: str) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+# A client that gives up mid-answer (a timed-out or canceled guard call) closes or resets its
+# connection; the double's next write or read then fails with one of these.
+CLIENT_GONE = (BrokenPipeError, ConnectionResetError)
+
+
+class _Server(ThreadingHTTPServer):
+    double: OllamaDouble
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Counted quietly; every other error keeps socketserver's traceback on stderr.
+        if isinstance(sys.exc_info()[1], CLIENT_GONE):
+            self.double._client_gone()
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

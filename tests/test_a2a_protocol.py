@@ -691,6 +691,157 @@ async def test_rest_unknown_task_is_404(http: httpx.AsyncClient) -> None:
     assert response.json()["error"]["status"] == "NOT_FOUND"
 
 
+# --- HTTP+JSON: refusals come before a stream starts; 0.3 takes the protobuf JSON shape ----------
+
+REST_STREAM = {"1.0": ("/a2a/rest/message:stream", V1), "0.3": ("/a2a/rest/v1/message:stream", {})}
+REST_SUBSCRIBE = {
+    "1.0": ("/a2a/rest/tasks/{}:subscribe", V1),
+    "0.3": ("/a2a/rest/v1/tasks/{}:subscribe", {}),
+}
+
+
+def rest_message(version: str, *parts: dict[str, Any]) -> dict[str, Any]:
+    """A user message in each version's HTTP+JSON form (the protobuf JSON of its a2a.proto):
+    1.0 has "parts" like JSON-RPC 1.0; 0.3 has "content" of {"text"} / {"data": {"data"}}."""
+    if version == "1.0":
+        return message("1.0", *parts)
+    content = [{"text": p["text"]} if "text" in p else {"data": {"data": p["data"]}} for p in parts]
+    return {"role": "ROLE_USER", "messageId": uuid.uuid4().hex, "content": content}
+
+
+async def refusal(
+    http: httpx.AsyncClient,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: dict[str, Any] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Make a call that must be refused before any event stream: its status and error."""
+    async with http.stream(method, path, json=body, headers=headers) as response:
+        assert response.http_version == "HTTP/2"
+        # Checked before reading on: a refusal raised inside a started stream resets it.
+        assert not response.headers["content-type"].startswith("text/event-stream")
+        answer = json.loads(await response.aread())
+    error = answer["error"]
+    assert error["code"] == response.status_code and error["message"]
+    return response.status_code, error
+
+
+def reason(error: dict[str, Any]) -> str:
+    [info] = [d for d in error["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
+    return info["reason"]
+
+
+def violations(error: dict[str, Any]) -> list[str]:
+    [bad] = [d for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest")]
+    return [violation["field"] for violation in bad["fieldViolations"]]
+
+
+@pytest.mark.parametrize("version", ["1.0", "0.3"])
+@pytest.mark.parametrize(
+    ("parts", "says", "fields"),
+    [
+        ([{"data": {"skill": "translate", "texts": ["a"]}}], "unknown skill 'translate'", None),
+        ([{"text": GOOD}, {"text": "   "}], "non-blank", ["texts[1]"]),
+    ],
+    ids=["unknown-skill", "blank-text"],
+)
+async def test_rest_stream_refuses_an_invalid_message_before_the_stream_starts(
+    http: httpx.AsyncClient,
+    double: OllamaDouble,
+    version: str,
+    parts: list[dict[str, Any]],
+    says: str,
+    fields: list[str] | None,
+) -> None:
+    before = (await rpc(http, "ListTasks", {}))["result"]["totalSize"]
+    path, headers = REST_STREAM[version]
+    body = {"message": rest_message(version, *parts)}
+    status, error = await refusal(http, "POST", path, headers, body)
+    assert status == 400 and error["status"] == "INVALID_ARGUMENT"
+    assert says in error["message"] and reason(error) == "INVALID_PARAMS"
+    if fields:
+        assert violations(error) == fields
+    assert (await rpc(http, "ListTasks", {}))["result"]["totalSize"] == before
+    assert double.chat_requests == []
+
+
+@pytest.mark.parametrize("version", ["1.0", "0.3"])
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_rest_subscribe_refuses_unknown_and_ended_tasks_before_the_stream_starts(
+    http: httpx.AsyncClient, version: str, method: str
+) -> None:
+    path, headers = REST_SUBSCRIBE[version]
+    status, error = await refusal(http, method, path.format("no-such-task"), headers)
+    assert status == 404 and error["status"] == "NOT_FOUND"
+    assert reason(error) == "TASK_NOT_FOUND"
+
+    ended = await send(http, "1.0", {"text": GOOD})
+    status, error = await refusal(http, method, path.format(ended["id"]), headers)
+    assert status == 400 and error["status"] == "FAILED_PRECONDITION"
+    assert reason(error) == "UNSUPPORTED_OPERATION" and "terminal state" in error["message"]
+
+
+@pytest.mark.parametrize("version", ["1.0", "0.3"])
+async def test_rest_subscribe_to_a_running_task(
+    http: httpx.AsyncClient, double: OllamaDouble, version: str
+) -> None:
+    double.set_latency(0.5)
+    params = {
+        "message": message("1.0", {"text": GOOD}),
+        "configuration": {"returnImmediately": True},
+    }
+    task = task_of((await rpc(http, "SendMessage", params))["result"], "1.0")
+    path, headers = REST_SUBSCRIBE[version]
+    events = await sse(http, path.format(task["id"]), {}, headers)
+    assert events[0]["task"]["id"] == task["id"]
+    assert [next(iter(event)) for event in events[-2:]] == ["artifactUpdate", "statusUpdate"]
+    assert events[-1]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED"
+
+
+async def test_rest_0_3_takes_the_protobuf_json_message_the_sdk_client_sends(
+    http: httpx.AsyncClient,
+) -> None:
+    # a2a-sdk's 0.3 client writes the proto field names: "request", "message_id".
+    body = {
+        "request": {
+            "message_id": uuid.uuid4().hex,
+            "role": "ROLE_USER",
+            "content": [{"text": GOOD}, {"data": {"data": {"texts": [BAD]}}}],
+        },
+        "configuration": {"blocking": True},
+    }
+    response = await http.post("/a2a/rest/v1/message:send", json=body)
+    assert response.status_code == 200, response.text
+    task = response.json()["task"]
+    assert task["status"]["state"] == "TASK_STATE_COMPLETED"
+    [artifact] = task["artifacts"]
+    [data] = [part["data"]["data"] for part in artifact["parts"] if "data" in part]
+    assert [result["label"] for result in data["results"]] == ["positive", "negative"]
+
+
+@pytest.mark.parametrize("path", ["/a2a/rest/v1/message:send", "/a2a/rest/v1/message:stream"])
+async def test_rest_0_3_refuses_a_jsonrpc_shaped_message_naming_the_expected_shape(
+    http: httpx.AsyncClient, double: OllamaDouble, path: str
+) -> None:
+    before = (await rpc(http, "ListTasks", {}))["result"]["totalSize"]
+    # The JSON-RPC form: "parts" of {"kind": "text", "text": ...}.
+    status, error = await refusal(
+        http, "POST", path, {}, {"message": message("0.3", {"text": GOOD})}
+    )
+    assert status == 400 and error["status"] == "INVALID_ARGUMENT"
+    assert reason(error) == "INVALID_PARAMS" and violations(error) == ["message.parts"]
+    assert '"content": [{"text": "..."}, {"data": {"data": {...}}}]' in error["message"]
+    assert "JSON-RPC" in error["message"] and "at least one element" not in error["message"]
+    # A JSON-RPC part inside "content" would lose its data: refused too, naming the part.
+    mixed = rest_message("0.3", {"text": GOOD})
+    mixed["content"].append({"kind": "data", "data": {"texts": [BAD]}})
+    status, error = await refusal(http, "POST", path, {}, {"message": mixed})
+    assert status == 400 and violations(error) == ["message.content[1].kind"]
+    assert (await rpc(http, "ListTasks", {}))["result"]["totalSize"] == before
+    assert double.chat_requests == []
+
+
 def test_open_agent_logs_a_warning_at_start(server: ServerProcess) -> None:
     warnings = [
         entry

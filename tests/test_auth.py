@@ -146,6 +146,13 @@ def protected_calls(task: str) -> list[tuple[str, str, str, dict[str, Any], str]
         ("rest-1.0-get", "GET", f"{rest}/tasks/{task}", {"headers": V1}, "json"),
         ("rest-1.0-list", "GET", f"{rest}/tasks", {"headers": V1}, "json"),
         ("rest-1.0-cancel", "POST", f"{rest}/tasks/{task}:cancel", {"headers": V1}, "refused"),
+        (
+            "rest-1.0-subscribe",
+            "POST",
+            f"{rest}/tasks/{task}:subscribe",
+            {"headers": V1},
+            "refused",
+        ),
         ("rest-1.0-card", "GET", f"{rest}/extendedAgentCard", {"headers": V1}, "json"),
         (
             "rest-0.3-send",
@@ -158,7 +165,19 @@ def protected_calls(task: str) -> list[tuple[str, str, str, dict[str, Any], str]
             },
             "json",
         ),  # fmt: skip
+        (
+            "rest-0.3-stream",
+            "POST",
+            f"{rest}/v1/message:stream",
+            {
+                "body": {
+                    "message": {"role": "ROLE_USER", "messageId": "s3", "content": [{"text": GOOD}]}
+                }
+            },
+            "sse",
+        ),  # fmt: skip
         ("rest-0.3-get", "GET", f"{rest}/v1/tasks/{task}", {}, "json"),
+        ("rest-0.3-subscribe", "POST", f"{rest}/v1/tasks/{task}:subscribe", {}, "refused"),
         ("rest-0.3-cancel", "POST", f"{rest}/v1/tasks/{task}:cancel", {}, "refused"),
         ("rest-0.3-card", "GET", f"{rest}/v1/card", {}, "json"),
     ]

@@ -1,0 +1,169 @@
+"""The protocol 0.3 HTTP+JSON routes (``/v1/message:send``, ``/v1/message:stream``,
+``/v1/tasks/{id}``, ``/v1/tasks/{id}:subscribe``, ...) under the REST base path.
+
+a2a-sdk's 0.3 adapter serves them, with two corrections made here:
+
+- Its streaming endpoints open the event stream before the request handler has run, so a
+  refusal (invalid params, unknown task, a task that already ended) is raised inside an
+  open stream and the HTTP/2 stream is reset. Here the first event is awaited before the
+  response starts, as the SDK's own 1.0 routes do: an error before it is an HTTP error in
+  the protocol's format (``{"error": {"code", "status", "message", "details"}}``); an
+  error after it ends the stream with an ``error`` event carrying the same body.
+- The 0.3 HTTP+JSON wire format is the protobuf JSON of the 0.3 ``a2a.proto`` (what the
+  SDK's 0.3 client sends): a message's parts are ``content``, each ``{"text": ...}``,
+  ``{"data": {"data": {...}}}`` or ``{"file": {...}}``. A message in the JSON-RPC shape
+  (``parts`` of ``{"kind": ...}`` objects) would parse to a message without parts and be
+  refused with a misleading "parts must contain at least one element"; here it is
+  refused naming the shape this binding takes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from a2a.compat.v0_3.context_builders import V03ServerCallContextBuilder
+from a2a.compat.v0_3.rest_adapter import REST03Adapter
+from a2a.compat.v0_3.rest_handler import REST03Handler
+from a2a.server.context import ServerCallContext
+from a2a.server.request_handlers import RequestHandler
+from a2a.server.routes.common import DefaultServerCallContextBuilder, create_event_source_response
+from a2a.utils import json_utils
+from a2a.utils.constants import PROTOCOL_VERSION_0_3
+from a2a.utils.error_handlers import build_rest_error_payload, rest_stream_error_handler
+from a2a.utils.errors import A2AError, InvalidParamsError, InvalidRequestError
+from a2a.utils.version_validator import validate_version
+from sse_starlette.event import ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+logger = logging.getLogger("agents.rest_v03")
+
+STREAM = ("/v1/message:stream", "POST")
+SUBSCRIBE = ("/v1/tasks/{id}:subscribe", "GET"), ("/v1/tasks/{id}:subscribe", "POST")
+
+EXPECTED_MESSAGE = (
+    '{"message": {"messageId": "...", "role": "ROLE_USER", '
+    '"content": [{"text": "..."}, {"data": {"data": {...}}}]}}'
+)
+JSONRPC_SHAPE = (
+    "protocol 0.3 HTTP+JSON takes a message as the protobuf JSON of the 0.3 a2a.proto: "
+    f"{EXPECTED_MESSAGE}; 'parts' of {{\"kind\": ...}} objects is the JSON-RPC form "
+    "(message/send at the JSON-RPC endpoint)"
+)
+PARTS_FIELD = "send the parts as 'content'"
+KIND_FIELD = (
+    'a part is {"text": ...}, {"data": {"data": {...}}} or {"file": {...}}, without \'kind\''
+)
+
+StreamMethod = Callable[[Request, ServerCallContext], AsyncIterator[dict[str, Any]]]
+
+
+def create_rest_v03_routes(handler: RequestHandler, path_prefix: str) -> list[Route]:
+    """The 0.3 HTTP+JSON routes at ``path_prefix + "/v1/..."``, served by ``handler``."""
+    adapter = REST03Adapter(http_handler=handler)
+    checked = _CheckedREST03Handler(request_handler=handler)
+    adapter.handler = checked  # the adapter's unary routes read their handler from here
+    endpoints = adapter.routes()
+    missing = {STREAM, *SUBSCRIBE} - set(endpoints)
+    if missing:
+        raise RuntimeError(f"a2a-sdk's 0.3 HTTP+JSON adapter has no route for {sorted(missing)}")
+    context_builder = V03ServerCallContextBuilder(DefaultServerCallContextBuilder())
+    endpoints[STREAM] = functools.partial(
+        _stream_endpoint, context_builder, checked.on_message_send_stream
+    )
+    for key in SUBSCRIBE:
+        endpoints[key] = functools.partial(
+            _stream_endpoint, context_builder, checked.on_subscribe_to_task
+        )
+    return [
+        Route(f"{path_prefix}{path}", endpoint=endpoint, methods=[method])
+        for (path, method), endpoint in endpoints.items()
+    ]
+
+
+class _CheckedREST03Handler(REST03Handler):
+    """Refuses a message in the JSON-RPC shape before the SDK parses it into nothing."""
+
+    @validate_version(PROTOCOL_VERSION_0_3)
+    async def on_message_send(self, request: Request, context: ServerCallContext) -> dict[str, Any]:
+        check_message_shape(await request.body())
+        return await super().on_message_send(request, context)
+
+    @validate_version(PROTOCOL_VERSION_0_3)
+    async def on_message_send_stream(
+        self, request: Request, context: ServerCallContext
+    ) -> AsyncIterator[dict[str, Any]]:
+        check_message_shape(await request.body())
+        async for event in super().on_message_send_stream(request, context):
+            yield event
+
+
+def check_message_shape(body: bytes) -> None:
+    """Raise InvalidParamsError when a 0.3 HTTP+JSON send carries a JSON-RPC-shaped
+    message (``parts``, or parts with ``kind``). Bodies that are not JSON objects are left
+    to the SDK's parser, which answers them itself."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return
+    if not isinstance(payload, dict):
+        return
+    # "message" is the field's JSON name, "request" its proto name (the SDK client's choice).
+    message = payload.get("message", payload.get("request"))
+    if not isinstance(message, dict):
+        return
+    violation = None
+    if "parts" in message:
+        violation = ("message.parts", PARTS_FIELD)
+    elif isinstance(message.get("content"), list):
+        violation = next(
+            (
+                (f"message.content[{index}].kind", KIND_FIELD)
+                for index, part in enumerate(message["content"])
+                if isinstance(part, dict) and "kind" in part
+            ),
+            None,
+        )
+    if violation is not None:
+        field, why = violation
+        raise InvalidParamsError(
+            message=JSONRPC_SHAPE, data={"errors": [{"field": field, "message": why}]}
+        )
+
+
+@rest_stream_error_handler
+async def _stream_endpoint(
+    context_builder: V03ServerCallContextBuilder, method: StreamMethod, request: Request
+) -> Response:
+    try:
+        await request.body()  # read now: a stream that has started can no longer read it
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise InvalidRequestError(message=f"cannot read the request body: {exc}") from exc
+    events = aiter(method(request, context_builder.build(request)))
+    try:
+        # Everything the handler refuses is raised before its first event: an HTTP error
+        # (the decorator renders it) instead of an event stream that breaks off.
+        first = await anext(events)
+    except StopAsyncIteration:
+        return create_event_source_response(iter([]))
+    return create_event_source_response(_events(first, events))
+
+
+async def _events(
+    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[str | ServerSentEvent]:
+    yield json_utils.dumps(first)
+    try:
+        async for event in rest:
+            yield json_utils.dumps(event)
+    except Exception as exc:
+        if isinstance(exc, A2AError):
+            logger.warning("a2a stream ended with an error", extra={"error": exc.message})
+        else:
+            logger.exception("a2a stream failed")
+        yield ServerSentEvent(data=json_utils.dumps(build_rest_error_payload(exc)), event="error")
