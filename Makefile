@@ -10,7 +10,7 @@ DATA ?= ../shared/data/aclImdb_labelled.tar.gz
 # batch-32 throughput 1,300 -> 2,200 reviews/s).
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824
 
-.PHONY: install run test lint format train bench bench-models bench-http guard-double clean
+.PHONY: install run test lint format train bench bench-models bench-http bench-quant guard-double clean
 
 install: $(STAMP)
 
@@ -44,7 +44,13 @@ bench-models: $(STAMP)
 	$(PY) benchmarks/models_bench.py --out benchmarks/results/models.md
 
 bench-http: $(STAMP)
+	@command -v h2load >/dev/null || { echo "bench-http needs h2load: apt-get install nghttp2-client"; exit 1; }
 	$(PY) benchmarks/http_bench.py --out benchmarks/results/http.md
+
+# The int8 approach against ONNX Runtime and torchao (extra packages: the `bench` extras).
+bench-quant: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m benchmarks.quantization_choice --data $(dir $(DATA))imdb_reviews.jsonl.gz --out benchmarks/results/quantization_choice.md
 
 # An Ollama-protocol stand-in on 127.0.0.1:11434 that answers "safe", for trying the
 # service without Ollama. It lives under tests/ and is never part of the product.
