@@ -70,6 +70,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
         try:
             models = registry or await anyio.to_thread.run_sync(load_registry, settings)
         except Exception as exc:
@@ -97,6 +101,7 @@ def create_app(
         finally:
             if pull is not None and not pull.done():
                 pull.cancel()
+            await app.state.pipeline.aclose()
             if owned_guard:
                 await the_guard.aclose()
             logger.info("stopped")

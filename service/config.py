@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     # Models loaded at start; empty means every shipped artifact.
     models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     artifacts_dir: str | None = None
+    # Micro-batching: concurrent classify calls for one model share one forward pass of at
+    # most this many texts (a single larger request still runs, alone).
+    batch_max_texts: int = Field(64, ge=1)
+    # Milliseconds the batcher waits for more calls once it holds one; 0 takes only what is
+    # already queued (calls still combine while a forward is running).
+    batch_max_wait_ms: float = Field(2.0, ge=0)
+    # Torch intra-op threads per forward; 0 keeps torch's default (one per core). One leaves
+    # the other cores to the event loop: with more, idle OpenMP workers spin for CPU time the
+    # event loop needs, and a forward stalls whenever one of its threads is descheduled.
+    torch_threads: int = Field(1, ge=0, le=256)
 
     # --- request limits ---------------------------------------------------------------
     max_body_bytes: int = Field(1024 * 1024, ge=1024)

@@ -298,7 +298,10 @@ async def test_100_concurrent_streams_on_one_connection(
             assert response.status_code == 200, response.text
             want = expected[texts[i % 10]]["results"][0]
             got = response.json()["results"][0]
-            assert (got["label"], got["score"]) == (want["label"], want["score"])
+            # Concurrent requests share a forward pass; a batch's float kernels may round the
+            # last bits differently from a single text's, never more than that.
+            assert got["label"] == want["label"]
+            assert got["score"] == pytest.approx(want["score"], rel=0, abs=1e-6)
     assert double.max_in_flight >= 8  # the requests really were in flight together
     lines = server.wait_for_log(
         lambda e: e.get("message") == "request" and str(e.get("request_id", "")).startswith("c-"),

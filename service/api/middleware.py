@@ -3,10 +3,11 @@ size limit. Both are plain ASGI (no BaseHTTPMiddleware), so bodies stream throug
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -35,7 +36,7 @@ def choose_request_id(incoming: str | None) -> str:
     """The caller's X-Request-ID when sane, else a fresh random one."""
     if incoming and _SANE_REQUEST_ID.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 32 hex digits, as uuid4().hex, without the UUID object
 
 
 class RequestContextMiddleware:
@@ -82,8 +83,8 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
             method = scope.get("method", "")
-            HTTP_REQUESTS.labels(method, route, str(status), scope.get("http_version", "")).inc()
-            HTTP_DURATION.labels(method, route).observe(elapsed)
+            _request_counter(method, route, status, scope.get("http_version", "")).inc()
+            _duration_histogram(method, route).observe(elapsed)
             if self.access_log:
                 access_logger.info(
                     "request",
@@ -98,6 +99,18 @@ class RequestContextMiddleware:
                     },
                 )
             reset_request_id(token)
+
+
+# The metric children per label set, looked up once (``labels()`` builds a tuple of strings
+# and takes a lock on every call). Label values are bounded: route templates, not raw paths.
+@functools.cache
+def _request_counter(method: str, route: str, status: int, http_version: str) -> Any:
+    return HTTP_REQUESTS.labels(method, route, str(status), http_version)
+
+
+@functools.cache
+def _duration_histogram(method: str, route: str) -> Any:
+    return HTTP_DURATION.labels(method, route)
 
 
 def _client(scope: Scope) -> str:

@@ -34,11 +34,13 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_pipeline(request: Request) -> GuardedPipeline:
+# Coroutines, not plain functions: FastAPI runs a plain-function dependency in its thread
+# pool, a thread hop per request for a single attribute read.
+async def get_pipeline(request: Request) -> GuardedPipeline:
     return request.app.state.pipeline
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
