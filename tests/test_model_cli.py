@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from service.models.artifacts import NAMES
+from service.models.registry import ModelRegistry
 from service.training.data import read_aclimdb, split_reviews
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb_test_sample.jsonl.gz"
@@ -92,3 +94,25 @@ def test_evaluate_unknown_model_fails_with_a_clear_message(aclimdb):
     done = _evaluate("--model", "nope", "--data", str(aclimdb), "--json")
     assert done.returncode != 0
     assert "unknown model 'nope'" in done.stderr
+
+
+def test_train_writes_four_loadable_artifacts_with_cards(aclimdb, tmp_path):
+    out = tmp_path / "artifacts"
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "train", "--data", str(aclimdb), "--out", str(out),
+         "--cnn-epochs", "1", "--moe-epochs", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "epoch 1" in done.stderr  # progress is shown
+    registry = ModelRegistry.load(root=out)
+    assert registry.names() == list(NAMES)
+    for name in NAMES:
+        card = registry.info(name).card
+        assert card["command"].startswith("python -m service train --data ")
+        assert card["test"]["n"] == 300 and card["data"]["validation"] == 60
+        assert len(card["training"]["history"]) >= 1
+        predictions = registry.predict(name, ["a film"])
+        assert predictions[0].label in ("negative", "positive")
+    assert registry.info("sentiment-cnn-int8").quantization == "int8"
+    assert "expert_share" in registry.info("switch-moe").card["test"]

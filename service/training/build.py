@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from service.models.artifacts import (
     VOCAB,
@@ -108,25 +109,30 @@ def _write(ctx: BuildContext, name: str, tensors: dict, vectorizer: Vectorizer, 
     return card
 
 
-def build_cnn(ctx: BuildContext, epochs: int) -> dict:
-    config = CNNConfig(vocab_size=MAX_TOKENS)
-    vectorizer = Vectorizer.fit((r.text for r in ctx.splits.train), MAX_TOKENS, 500)
+def _train_and_write(
+    ctx: BuildContext,
+    name: str,
+    model: nn.Module,
+    config: CNNConfig | MoEConfig,
+    tcfg: TrainConfig,
+    card: dict,
+) -> dict:
+    """Fit the vocabulary, train ``model`` (built right after seeding), write its artifact."""
+    vectorizer = Vectorizer.fit(
+        (r.text for r in ctx.splits.train), MAX_TOKENS, config.sequence_length
+    )
     train_ids, train_y = _ids(vectorizer, ctx.splits.train)
     val_ids, val_y = _ids(vectorizer, ctx.splits.validation)
-    torch.manual_seed(ctx.seed)
-    model = SentimentCNN(config)
-    tcfg = TrainConfig(epochs=epochs, batch_size=32, max_lr=2e-3, seed=ctx.seed)
-    result = train(model, train_ids, train_y, val_ids, val_y, tcfg, desc="cnn", log=ctx.log)
+    desc = name.split("-")[-1]
+    result = train(model, train_ids, train_y, val_ids, val_y, tcfg, desc=desc, log=ctx.log)
     tensors = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
     return _write(
         ctx,
-        "sentiment-cnn",
+        name,
         tensors,
         vectorizer,
         {
-            "architecture": "cnn",
-            "quantization": None,
-            "description": "Embedding, two strided Conv1d, global max pool, dense head (fp32).",
+            **card,
             "config": config.to_dict(),
             "params": sum(p.numel() for p in result.model.parameters()),
             "training": {
@@ -137,6 +143,19 @@ def build_cnn(ctx: BuildContext, epochs: int) -> dict:
             },
         },
     )
+
+
+def build_cnn(ctx: BuildContext, epochs: int) -> dict:
+    config = CNNConfig(vocab_size=MAX_TOKENS)
+    torch.manual_seed(ctx.seed)
+    model = SentimentCNN(config)
+    tcfg = TrainConfig(epochs=epochs, batch_size=32, max_lr=2e-3, seed=ctx.seed)
+    card = {
+        "architecture": "cnn",
+        "quantization": None,
+        "description": "Embedding, two strided Conv1d, global max pool, dense head (fp32).",
+    }
+    return _train_and_write(ctx, "sentiment-cnn", model, config, tcfg, card)
 
 
 def build_quantized(ctx: BuildContext) -> list[dict]:
@@ -202,11 +221,6 @@ def build_moe(ctx: BuildContext, epochs: int) -> dict:
     # average, which narrow the gap between validation (films seen in training) and test
     # (other films).
     config = MoEConfig(vocab_size=MAX_TOKENS, embed_dropout=0.2, token_dropout=0.1)
-    vectorizer = Vectorizer.fit(
-        (r.text for r in ctx.splits.train), MAX_TOKENS, config.sequence_length
-    )
-    train_ids, train_y = _ids(vectorizer, ctx.splits.train)
-    val_ids, val_y = _ids(vectorizer, ctx.splits.validation)
     torch.manual_seed(ctx.seed)
     model = SwitchClassifier(config)
     tcfg = TrainConfig(
@@ -217,28 +231,13 @@ def build_moe(ctx: BuildContext, epochs: int) -> dict:
         ema_decay=0.99,
         checks_per_epoch=4,
     )
-    result = train(model, train_ids, train_y, val_ids, val_y, tcfg, desc="moe", log=ctx.log)
-    tensors = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
-    return _write(
-        ctx,
-        "switch-moe",
-        tensors,
-        vectorizer,
-        {
-            "architecture": "switch-transformer",
-            "quantization": None,
-            "description": "Token+position embedding, one Transformer block whose feed-forward "
-            "layer is a top-1 Switch layer of 10 experts, mean pool, dense head.",
-            "config": config.to_dict(),
-            "params": sum(p.numel() for p in result.model.parameters()),
-            "training": {
-                **tcfg.to_dict(),
-                "best_epoch": result.best_epoch,
-                "best_val_accuracy": result.best_val_accuracy,
-                "history": result.history,
-            },
-        },
-    )
+    card = {
+        "architecture": "switch-transformer",
+        "quantization": None,
+        "description": "Token+position embedding, one Transformer block whose feed-forward "
+        "layer is a top-1 Switch layer of 10 experts, mean pool, dense head.",
+    }
+    return _train_and_write(ctx, "switch-moe", model, config, tcfg, card)
 
 
 def build(
