@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
+    from service.server import add_serve_arguments, run_serve
+
     serve = commands.add_parser("serve", help="run the HTTP/2 service under Hypercorn")
-    serve.add_argument("--host", help="bind address (default: HOST setting, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default: PORT setting, 8080)")
-    serve.add_argument("--workers", type=int, help="worker processes (default: WORKERS, 1)")
+    add_serve_arguments(serve)
 
     for name, help_text in (
         ("train", "train all models and write the four artifacts"),
@@ -114,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "serve":
-        from service.server import run_serve
-
         return run_serve(args)
     if args.command == "train":
         stages = {"cnn": ("cnn", "quantize"), "moe": ("moe",), None: ("cnn", "quantize", "moe")}
