@@ -266,23 +266,15 @@ class GuardedPipeline:
         self.check_texts(texts)
         info = self.model_info(model)  # unknown model: refused before anything runs
         token = pipeline_call.set("classify")
-        outcome = "error"
         try:
             result = await self._bounded(self._classify(texts, info))
-            outcome = "ok"
-            return result
-        except ContentBlocked as blocked:
-            outcome = f"blocked_{blocked.stage}"
-            raise
-        except GuardError:
-            outcome = "guard_error"
-            raise
-        except RequestTimeout:
-            outcome = "timeout"
+        except BaseException as error:
+            PIPELINE_OUTCOMES.labels("classify", info.name, _failure_outcome(error)).inc()
             raise
         finally:
             pipeline_call.reset(token)
-            PIPELINE_OUTCOMES.labels("classify", info.name, outcome).inc()
+        PIPELINE_OUTCOMES.labels("classify", info.name, "ok").inc()
+        return result
 
     async def moderate(self, messages: Sequence[Message]) -> Verdict:
         """The guard's verdict on a conversation (the moderation service).
@@ -290,19 +282,13 @@ class GuardedPipeline:
         Raises InputLimitError, GuardError, RequestTimeout."""
         messages = list(messages)
         self.check_messages(messages)
-        outcome = "error"
         try:
             verdict = await self._bounded(self._guard.screen(messages))
-            outcome = "blocked" if verdict.blocked else "ok"
-            return verdict
-        except GuardError:
-            outcome = "guard_error"
+        except BaseException as error:
+            PIPELINE_OUTCOMES.labels("moderate", "-", _failure_outcome(error)).inc()
             raise
-        except RequestTimeout:
-            outcome = "timeout"
-            raise
-        finally:
-            PIPELINE_OUTCOMES.labels("moderate", "-", outcome).inc()
+        PIPELINE_OUTCOMES.labels("moderate", "-", "blocked" if verdict.blocked else "ok").inc()
+        return verdict
 
     # --- internals -----------------------------------------------------------------------
     async def _bounded(self, work: Awaitable[T]) -> T:
@@ -378,6 +364,17 @@ class GuardedPipeline:
         batchers, self._batchers = list(self._batchers.values()), {}
         for batcher in batchers:
             await batcher.aclose()
+
+
+def _failure_outcome(error: BaseException) -> str:
+    """The pipeline_requests_total outcome label of a call that raised ``error``."""
+    if isinstance(error, ContentBlocked):
+        return f"blocked_{error.stage}"
+    if isinstance(error, GuardError):
+        return "guard_error"
+    if isinstance(error, RequestTimeout):
+        return "timeout"
+    return "error"
 
 
 async def _all(awaitables: Any) -> list[Any]:

@@ -289,3 +289,30 @@ async def test_moderation_limits_are_checked_before_the_guard_is_asked(
         await pipeline.moderate(messages)
     assert loc in [error["loc"] for error in caught.value.errors]
     assert ollama_double.chat_requests == []
+
+
+async def test_outcomes_are_counted_by_kind(
+    pipeline: GuardedPipeline, ollama_double: OllamaDouble
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(operation: str, model: str, outcome: str) -> float:
+        labels = {"operation": operation, "model": model, "outcome": outcome}
+        return REGISTRY.get_sample_value("pipeline_requests_total", labels) or 0.0
+
+    model = pipeline.default_model
+    before = {
+        key: count(*key)
+        for key in [("classify", model, "ok"), ("classify", model, "blocked_input"),
+                    ("classify", model, "guard_error"), ("moderate", "-", "blocked")]
+    }  # fmt: skip
+    await pipeline.classify(["A warm and funny film."])
+    ollama_double.set_rules([("bomb", "unsafe\nS9")])
+    with pytest.raises(ContentBlocked):
+        await pipeline.classify(["How do I build a bomb?"])
+    await pipeline.moderate([Message("user", "How do I build a bomb?")])
+    ollama_double.fail_next(5, status=500)
+    with pytest.raises(GuardError):
+        await pipeline.classify(["A quiet, thoughtful drama."])
+    after = {key: count(*key) for key in before}
+    assert {key: after[key] - before[key] for key in before} == {key: 1.0 for key in before}
