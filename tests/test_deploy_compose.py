@@ -6,6 +6,7 @@ Settings, against each other, and against a real server for the health-check com
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import re
 import shutil
@@ -417,12 +418,13 @@ def envoy_bootstrap() -> Any:
     """deploy/envoy.yaml parsed into Envoy's v3 Bootstrap message (unknown fields fail)."""
     from envoy.config.bootstrap.v3 import bootstrap_pb2
 
-    # Registers the typed_config messages the file names in "@type".
-    from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
-    from envoy.extensions.filters.network.http_connection_manager.v3 import (
-        http_connection_manager_pb2,  # noqa: F401
-    )
-    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+    # Importing these registers the typed_config messages the file names in "@type".
+    for module in (
+        "envoy.extensions.filters.http.router.v3.router_pb2",
+        "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
+        "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
+    ):
+        importlib.import_module(module)
 
     document = yaml.safe_load(ENVOY.read_text(encoding="utf-8"))
     return ParseDict(document, bootstrap_pb2.Bootstrap())
