@@ -22,6 +22,21 @@ def ollama_double() -> Iterator[OllamaDouble]:
         yield double
 
 
+@pytest.fixture(scope="module")
+def double() -> Iterator[OllamaDouble]:
+    """One double for a module whose server is module-scoped; modules reset it before each
+    test with ``pytestmark = pytest.mark.usefixtures("fresh_double")``."""
+    with OllamaDouble() as running:
+        yield running
+
+
+@pytest.fixture
+def fresh_double(double: OllamaDouble) -> OllamaDouble:
+    """The module's double with its script, faults and recorded requests cleared."""
+    double.reset()
+    return double
+
+
 @pytest.fixture
 def closed_port() -> int:
     """A loopback port with nothing listening (connections are refused)."""

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 REPO = Path(__file__).resolve().parents[1]
 _RUNNING_ON = re.compile(r"Running on (https?)://([^ ]+):(\d+)")
 
@@ -175,4 +177,12 @@ def curl(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=timeout + 5,
         check=False,
+    )
+
+
+def h2_client(server: ServerProcess, *, timeout: float = 30, **options: Any) -> httpx.AsyncClient:
+    """An httpx client speaking HTTP/2 with prior knowledge over cleartext (h2c) to ``server``
+    (http1=False: no HTTP/1.1 fallback, so every answer really is HTTP/2)."""
+    return httpx.AsyncClient(
+        http1=False, http2=True, base_url=server.base_url, timeout=timeout, **options
     )

@@ -16,10 +16,7 @@ from tests.ollama_double import OllamaDouble
 GOOD = "One of the best films I have ever seen: a moving, beautifully acted masterpiece."
 
 
-@pytest.fixture(scope="module")
-def double() -> Iterator[OllamaDouble]:
-    with OllamaDouble() as running:
-        yield running
+pytestmark = pytest.mark.usefixtures("fresh_double")
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +26,6 @@ def server(double: OllamaDouble, free_port: Callable[[], int]) -> Iterator[Serve
         ollama_host=double.url, port=port, public_url=f"http://127.0.0.1:{port}"
     ) as running:
         yield running
-
-
-@pytest.fixture(autouse=True)
-def _fresh_double(double: OllamaDouble) -> None:
-    double.reset()
 
 
 def ask(url: str, text: str, *options: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ from a2a.client.card_resolver import parse_agent_card
 from a2a.helpers import get_data_parts, get_text_parts
 from a2a.types import AgentCard, Message, Part, Role, SendMessageRequest, TaskState
 
-from tests.helpers import ServerProcess, running_server
+from tests.helpers import ServerProcess, h2_client, running_server
 from tests.ollama_double import OllamaDouble
 
 GOOD = "One of the best films I have ever seen: a moving, beautifully acted masterpiece."
@@ -27,10 +27,7 @@ V1 = {"A2A-Version": "1.0"}
 MAX_BATCH = 8
 
 
-@pytest.fixture(scope="module")
-def double() -> Iterator[OllamaDouble]:
-    with OllamaDouble() as running:
-        yield running
+pytestmark = pytest.mark.usefixtures("fresh_double")
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +45,9 @@ def server(double: OllamaDouble, public_url: str) -> Iterator[ServerProcess]:
         yield running
 
 
-@pytest.fixture(autouse=True)
-def _fresh_double(double: OllamaDouble) -> None:
-    double.reset()
-
-
 @pytest.fixture
 async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    # http1=False: HTTP/2 with prior knowledge over cleartext (h2c).
-    async with httpx.AsyncClient(
-        http1=False, http2=True, base_url=server.base_url, timeout=30
-    ) as client:
+    async with h2_client(server) as client:
         yield client
 
 

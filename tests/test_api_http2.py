@@ -12,17 +12,14 @@ import httpx
 import pytest
 
 from service.models.artifacts import NAMES
-from tests.helpers import ServerProcess, curl, running_server
+from tests.helpers import ServerProcess, curl, h2_client, running_server
 from tests.ollama_double import OllamaDouble
 
 GOOD = "One of the best films I have ever seen: a moving, beautifully acted masterpiece."
 BAD = "The worst movie ever made. Boring, stupid and a total waste of time. Awful."
 
 
-@pytest.fixture(scope="module")
-def double() -> Iterator[OllamaDouble]:
-    with OllamaDouble() as running:
-        yield running
+pytestmark = pytest.mark.usefixtures("fresh_double")
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +28,9 @@ def server(double: OllamaDouble) -> Iterator[ServerProcess]:
         yield running
 
 
-@pytest.fixture(autouse=True)
-def _fresh_double(double: OllamaDouble) -> None:
-    double.reset()
-
-
 @pytest.fixture
 async def client(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    # http1=False: HTTP/2 with prior knowledge over cleartext (h2c).
-    async with httpx.AsyncClient(
-        http1=False, http2=True, base_url=server.base_url, timeout=30
-    ) as http:
+    async with h2_client(server) as http:
         yield http
 
 
@@ -272,9 +261,7 @@ async def test_100_concurrent_streams_on_one_connection(
     double.set_latency(0.05)  # every screen waits, so the requests overlap
     texts = [f"Review {i}: {GOOD if i % 2 else BAD}" for i in range(10)]
     limits = httpx.Limits(max_connections=1)
-    async with httpx.AsyncClient(
-        http1=False, http2=True, base_url=server.base_url, timeout=60, limits=limits
-    ) as client:
+    async with h2_client(server, timeout=60, limits=limits) as client:
         expected = {}
         for text in texts:  # one at a time first: the reference answers
             expected[text] = (await client.post("/v1/classify", json={"text": text})).json()
@@ -335,7 +322,7 @@ async def test_a_connection_outlives_1000_requests(server: ServerProcess) -> Non
 
 async def test_a_screen_turned_off_is_shown_by_readyz_and_skipped(ollama_double) -> None:
     with running_server(ollama_host=ollama_double.url, guard_screen_output=False) as server:
-        async with httpx.AsyncClient(http2=True, http1=False, base_url=server.base_url) as client:
+        async with h2_client(server) as client:
             ready = await client.get("/readyz")
             answer = await client.post("/v1/classify", json={"text": "A fine, warm film."})
     assert ready.status_code == 200, ready.text

@@ -12,17 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, curl, running_server
+from tests.helpers import ServerProcess, curl, h2_client, running_server
 from tests.ollama_double import OllamaDouble
 
 PROBLEM_JSON = "application/problem+json"
 MAX_BODY = 48 * 1024
 
 
-@pytest.fixture(scope="module")
-def double() -> Iterator[OllamaDouble]:
-    with OllamaDouble() as running:
-        yield running
+pytestmark = pytest.mark.usefixtures("fresh_double")
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +37,9 @@ def server(double: OllamaDouble) -> Iterator[ServerProcess]:
         yield running
 
 
-@pytest.fixture(autouse=True)
-def _fresh_double(double: OllamaDouble) -> None:
-    double.reset()
-
-
 @pytest.fixture
 async def client(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        http1=False, http2=True, base_url=server.base_url, timeout=30
-    ) as http:
+    async with h2_client(server) as http:
         yield http
 
 

@@ -26,7 +26,7 @@ from a2a.types import (
 )
 
 from service.api.auth import bearer_token, is_open, token_is_valid
-from tests.helpers import REPO, ServerProcess, running_server
+from tests.helpers import REPO, ServerProcess, h2_client, running_server
 from tests.ollama_double import OllamaDouble
 
 OLD, NEW = "old-token-5f1c9a", "new-token-8e2d47"
@@ -36,10 +36,7 @@ PROBLEM_JSON = "application/problem+json"
 MODEL_CARDS = "urn:guarded-inference-service:a2a:model-cards:v1"
 
 
-@pytest.fixture(scope="module")
-def double() -> Iterator[OllamaDouble]:
-    with OllamaDouble() as running:
-        yield running
+pytestmark = pytest.mark.usefixtures("fresh_double")
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +49,9 @@ def server(double: OllamaDouble, free_port: Callable[[], int]) -> Iterator[Serve
         yield running
 
 
-@pytest.fixture(autouse=True)
-def _fresh_double(double: OllamaDouble) -> None:
-    double.reset()
-
-
 @pytest.fixture
 async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        http1=False, http2=True, base_url=server.base_url, timeout=30
-    ) as client:
+    async with h2_client(server) as client:
         yield client
 
 

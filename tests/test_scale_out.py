@@ -27,7 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.helpers import ServerProcess, running_server, start_server
+from tests.helpers import ServerProcess, h2_client, running_server, start_server
 from tests.ollama_double import OllamaDouble
 
 A2A_HEADERS = {"A2A-Version": "1.0"}
@@ -66,9 +66,7 @@ def replicas(ollama_double: OllamaDouble, task_store_url: str) -> Iterator[list[
 
 @asynccontextmanager
 async def a2a_client(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        http1=False, http2=True, base_url=server.base_url, headers=A2A_HEADERS, timeout=60
-    ) as client:
+    async with h2_client(server, headers=A2A_HEADERS, timeout=60) as client:
         yield client
 
 

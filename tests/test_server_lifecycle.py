@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import curl, running_server, start_server
+from tests.helpers import curl, h2_client, running_server, start_server
 from tests.ollama_double import OllamaDouble
 
 FAST = {"models": "sentiment-cnn-int8"}  # one small model: quick start-up
@@ -49,9 +49,7 @@ async def test_sigterm_finishes_in_flight_requests_and_exits_zero(double: Ollama
     try:
         server.wait_ready()
         double.set_latency(0.8)  # input screen + output screen: the request takes ~1.6 s
-        async with httpx.AsyncClient(
-            http1=False, http2=True, base_url=server.base_url, timeout=30
-        ) as client:
+        async with h2_client(server) as client:
             slow = asyncio.create_task(
                 client.post("/v1/classify", json={"text": "A slow, thoughtful film."})
             )
@@ -79,9 +77,7 @@ async def test_two_workers_each_take_connections_and_stop_cleanly(double: Ollama
         # Both workers must be listening before connections are spread across them.
         server.wait_for_log(lambda e: str(e.get("message", "")).startswith("Running on"), count=2)
         for i in range(24):  # a new connection each time: the kernel spreads them
-            async with httpx.AsyncClient(
-                http1=False, http2=True, base_url=server.base_url, timeout=30
-            ) as client:
+            async with h2_client(server) as client:
                 response = await client.get("/healthz", headers={"x-request-id": f"w-{i}"})
                 assert response.status_code == 200
         lines = server.wait_for_log(
