@@ -52,25 +52,15 @@ DESCRIPTION = (
 def interfaces(base_url: str) -> list[AgentInterface]:
     """JSON-RPC and HTTP+JSON, each at protocol 1.0 and 0.3 (one endpoint serves both;
     the A2A-Version header picks the protocol). 1.0 first: clients take the first match."""
-    jsonrpc, rest = base_url + JSONRPC_PATH, base_url + REST_PATH
+    bindings = (
+        (base_url + JSONRPC_PATH, TransportProtocol.JSONRPC),
+        (base_url + REST_PATH, TransportProtocol.HTTP_JSON),
+    )
     return [
-        AgentInterface(
-            url=jsonrpc, protocol_binding=TransportProtocol.JSONRPC,
-            protocol_version=PROTOCOL_VERSION_1_0,
-        ),
-        AgentInterface(
-            url=rest, protocol_binding=TransportProtocol.HTTP_JSON,
-            protocol_version=PROTOCOL_VERSION_1_0,
-        ),
-        AgentInterface(
-            url=jsonrpc, protocol_binding=TransportProtocol.JSONRPC,
-            protocol_version=PROTOCOL_VERSION_0_3,
-        ),
-        AgentInterface(
-            url=rest, protocol_binding=TransportProtocol.HTTP_JSON,
-            protocol_version=PROTOCOL_VERSION_0_3,
-        ),
-    ]  # fmt: skip
+        AgentInterface(url=url, protocol_binding=binding, protocol_version=version)
+        for version in (PROTOCOL_VERSION_1_0, PROTOCOL_VERSION_0_3)
+        for url, binding in bindings
+    ]
 
 
 def _skill(skill_id: str, extra: str = "") -> AgentSkill:
