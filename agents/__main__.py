@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from agents.client import answer_json, ask
+from service.a2a.client import answer_json, ask
 
 
 def build_parser() -> argparse.ArgumentParser:

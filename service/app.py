@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 import anyio.to_thread
 from fastapi import FastAPI
 
-from agents.server import mount_a2a
-from service.api.auth import install_auth
-from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from service.api.problems import install_problem_handlers
-from service.api.routes import ops, v1
+from service.a2a.server import mount_a2a
+from service.web.auth import install_auth
+from service.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.web.problems import install_problem_handlers
+from service.rest.routes import ops, v1
 from service.config import Settings, get_settings
-from service.pipeline import GuardedPipeline
+from service.core.pipeline import GuardedPipeline
 
 if TYPE_CHECKING:
     from service.guard import Guard

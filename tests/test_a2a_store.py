@@ -13,7 +13,7 @@ from a2a.server.context import ServerCallContext
 from a2a.server.tasks import DatabaseTaskStore, InMemoryTaskStore
 from a2a.types import ListTasksRequest, Task, TaskState, TaskStatus
 
-from agents.store import BoundedInMemoryTaskStore, create_task_storage, database_url
+from service.a2a.store import BoundedInMemoryTaskStore, create_task_storage, database_url
 from tests.helpers import running_server
 from tests.ollama_double import OllamaDouble
 

@@ -22,7 +22,7 @@ from service.app import create_app
 from service.config import Settings
 from service.guard import Guard
 from service.models.registry import ModelRegistry, Prediction
-from service.pipeline import pipeline_call
+from service.core.pipeline import pipeline_call
 from tests.ollama_double import OllamaDouble
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,7 +207,7 @@ async def test_every_route_reaches_models_only_through_the_pipeline(
 
 
 def _entry_point_modules() -> list[Path]:
-    roots = [REPO / "service" / "api", REPO / "agents"]
+    roots = [REPO / "service" / name for name in ("rest", "web", "a2a")] + [REPO / "agents"]
     files = [path for root in roots if root.is_dir() for path in root.rglob("*.py")]
     return [*files, REPO / "service" / "app.py"]
 

@@ -25,7 +25,7 @@ from a2a.types import (
     TaskState,
 )
 
-from service.api.auth import bearer_token, is_open, token_is_valid
+from service.web.auth import bearer_token, is_open, token_is_valid
 from tests.helpers import REPO, ServerProcess, h2_client, running_server
 from tests.ollama_double import OllamaDouble
 

@@ -15,7 +15,7 @@ from service.guard import Guard
 from service.models.artifacts import NAMES
 from service.models.batching import Batcher, BatcherClosed
 from service.models.registry import ModelRegistry, Prediction
-from service.pipeline import GuardedPipeline
+from service.core.pipeline import GuardedPipeline
 from tests.ollama_double import OllamaDouble
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from service.guard import Category, GuardError, Message, Verdict
 from service.guard.cache import VerdictCache, conversation_key
-from service.guard.client import classify, same_model
+from service.guard.llama_guard import classify, same_model
 from service.guard.verdict import is_blocked, parse_answer, parse_verdict
 
 MODEL = "llama-guard3:1b"

@@ -13,7 +13,7 @@ import pytest
 from service.config import Settings
 from service.guard import Guard, GuardError, Message
 from service.models.registry import ModelRegistry, Prediction, UnknownModelError
-from service.pipeline import (
+from service.core.pipeline import (
     ContentBlocked,
     GuardedPipeline,
     InputLimitError,

@@ -271,7 +271,7 @@ async def test_killing_a_replica_mid_stream_loses_no_completed_task(
 def _open_store(url: str, rounds: int, barrier: Any, results: Any) -> None:
     """A replica-like process: each round, open the store the way the service does at
     start-up, at the same moment as the other process (the barrier), and report the outcome."""
-    from agents.store import create_task_storage
+    from service.a2a.store import create_task_storage
 
     async def open_once() -> str:
         storage = create_task_storage(url)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from service.api.middleware import choose_request_id
+from service.web.middleware import choose_request_id
 from service.config import Settings
 from service.logging import JsonFormatter, configure_logging, request_id_var
 from service.server import add_serve_arguments, build_config, settings_from_args

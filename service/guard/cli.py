@@ -6,7 +6,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from service.guard.client import Guard
+from service.guard.llama_guard import Guard
 from service.guard.types import GuardError, Message
 
 if TYPE_CHECKING:

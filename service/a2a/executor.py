@@ -1,6 +1,6 @@
 """Running a skill: the A2A task lifecycle around one GuardedPipeline call.
 
-A message is parsed and validated into a :class:`~agents.skills.Job` while the request
+A message is parsed and validated into a :class:`~service.a2a.skills.Job` while the request
 context is built (so a malformed request gets the protocol's error and leaves no task
 behind); the executor then moves the task submitted -> working -> one of
 
@@ -32,18 +32,18 @@ from a2a.utils.errors import InvalidParamsError
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.struct_pb2 import Value
 
-from agents.skills import Job, parse_job, summary_of
-from service.api.routes import classify_answer
+from service.a2a.skills import Job, parse_job, summary_of
+from service.rest.routes import classify_answer
 from service.config import Settings
 from service.guard.types import GuardError, Message, Verdict
-from service.pipeline import (
+from service.core.pipeline import (
     ContentBlocked,
     GuardedPipeline,
     RequestTimeout,
     render_prediction,
 )
 
-logger = logging.getLogger("agents.executor")
+logger = logging.getLogger("service.a2a.executor")
 
 PipelineSource = Callable[[], GuardedPipeline]
 

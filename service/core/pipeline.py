@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from service.guard import Guard
     from service.models.registry import ModelInfo, ModelRegistry, Prediction
 
-logger = logging.getLogger("service.pipeline")
+logger = logging.getLogger("service.core.pipeline")
 
 Stage = Literal["input", "output"]
 T = TypeVar("T")

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.guard.types import GuardError
 from service.logging import get_request_id
 from service.models.registry import UnknownModelError
-from service.pipeline import ContentBlocked, InputLimitError, RequestTimeout
+from service.core.pipeline import ContentBlocked, InputLimitError, RequestTimeout
 
 logger = logging.getLogger("service.api")
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.problems import problem_response
+from service.web.problems import problem_response
 from service.config import Settings
 
 logger = logging.getLogger("service.auth")

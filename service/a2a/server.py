@@ -7,7 +7,7 @@ Routes (URLs in the card follow PUBLIC_URL):
   ``A2A-Version: 1.0``, else 0.3 (method names ``message/send``, ``tasks/get``, ...)
 - ``/a2a/rest/...``                      HTTP+JSON 1.0 (``/message:send``, ``/tasks/{id}``,
   ``/tasks``, ``/extendedAgentCard``) and 0.3 (``/v1/message:send``, ``/v1/card``, ...;
-  see :mod:`agents.rest_v03`)
+  see :mod:`service.a2a.rest_v03`)
 
 One request handler serves them all, with the task store from TASK_STORE_URL; the executor
 reaches the models and the guard only through the app's GuardedPipeline.
@@ -32,14 +32,14 @@ from a2a.types import AgentCard
 from fastapi import FastAPI
 from starlette.routing import BaseRoute, Mount, Route
 
-from agents.card import CARD_PATH, JSONRPC_PATH, REST_PATH, extended_card, public_card
-from agents.executor import GuardedAgentExecutor, SkillContextBuilder
-from agents.rest_v03 import create_rest_v03_routes
-from agents.store import TaskStorage, create_task_storage
+from service.a2a.card import CARD_PATH, JSONRPC_PATH, REST_PATH, extended_card, public_card
+from service.a2a.executor import GuardedAgentExecutor, SkillContextBuilder
+from service.a2a.rest_v03 import create_rest_v03_routes
+from service.a2a.store import TaskStorage, create_task_storage
 from service.config import Settings
-from service.pipeline import GuardedPipeline
+from service.core.pipeline import GuardedPipeline
 
-logger = logging.getLogger("agents.server")
+logger = logging.getLogger("service.a2a.server")
 
 
 def mount_a2a(app: FastAPI, settings: Settings) -> None:

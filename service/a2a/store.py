@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-logger = logging.getLogger("agents.store")
+logger = logging.getLogger("service.a2a.store")
 
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",

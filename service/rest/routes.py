@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from service.api.problems import PROBLEM_TYPES, problem_response
-from service.api.schemas import (
+from service.web.problems import PROBLEM_TYPES, problem_response
+from service.rest.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     HealthResponse,
@@ -26,7 +26,7 @@ from service.api.schemas import (
 )
 from service.config import Settings
 from service.guard.types import Message
-from service.pipeline import ClassifyOutcome, GuardedPipeline, InputLimitError
+from service.core.pipeline import ClassifyOutcome, GuardedPipeline, InputLimitError
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}

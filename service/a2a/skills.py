@@ -22,7 +22,7 @@ from google.protobuf.json_format import MessageToDict
 from service.config import Settings
 from service.guard.types import Message
 from service.models.registry import UnknownModelError
-from service.pipeline import GuardedPipeline, InputLimitError
+from service.core.pipeline import GuardedPipeline, InputLimitError
 
 SENTIMENT_CNN = "sentiment-cnn"
 SENTIMENT_MOE = "sentiment-moe"

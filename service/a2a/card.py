@@ -27,7 +27,7 @@ from a2a.utils.constants import PROTOCOL_VERSION_0_3, PROTOCOL_VERSION_1_0, Tran
 from google.protobuf.json_format import ParseDict
 from google.protobuf.struct_pb2 import Struct
 
-from agents.skills import MODERATION, SKILLS, skill_model
+from service.a2a.skills import MODERATION, SKILLS, skill_model
 from service.config import Settings
 from service.models.registry import ModelInfo
 

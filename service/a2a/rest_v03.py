@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-logger = logging.getLogger("agents.rest_v03")
+logger = logging.getLogger("service.a2a.rest_v03")
 
 STREAM = ("/v1/message:stream", "POST")
 SUBSCRIBE = ("/v1/tasks/{id}:subscribe", "GET"), ("/v1/tasks/{id}:subscribe", "POST")
