@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings
-from service.guard import Guard, GuardError, Message
+from service.guard import GuardError, LlamaGuard, Message
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ async def evaluate(
         queue.put_nowait(prompt)
     outcomes: list[Outcome] = []
 
-    async def worker(guard: Guard) -> None:
+    async def worker(guard: LlamaGuard) -> None:
         while not queue.empty():
             text, harmful = queue.get_nowait()
             started = time.perf_counter()
@@ -90,7 +90,7 @@ async def evaluate(
                 Outcome(harmful, verdict.blocked, not verdict.safe, codes, None, elapsed)
             )
 
-    async with Guard(settings) as guard:
+    async with LlamaGuard(settings) as guard:
         state = await guard.readiness()
         if not state["model_present"]:
             raise SystemExit(f"guard_eval: {state['detail']}")

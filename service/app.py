@@ -1,8 +1,10 @@
-"""create_app(settings): the FastAPI application, its wiring and its lifespan.
+"""The composition root: settings, model registry, scanner and pipeline are built here, once,
+and handed to both front ends (REST in :mod:`service.rest`, A2A in :mod:`service.a2a`), which
+never import each other and reach the models and the guard only through the pipeline.
 
-At startup the lifespan loads the models (in a worker thread: it is blocking I/O and CPU),
-opens the guard client, and builds the GuardedPipeline, the only object the routes use to
-reach a model or the guard. Tests may pass their own registry or guard.
+``create_app`` loads the models before the app exists (blocking: it runs before serving
+starts); the lifespan warms them up, starts the guard-model pull when asked, and closes
+everything at shutdown. Tests may pass their own registry or scanner.
 """
 
 from __future__ import annotations
@@ -14,23 +16,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio.to_thread
 from fastapi import FastAPI
 
-from service.a2a.server import mount_a2a
+from service.a2a.mount import mount_a2a
+from service.config import Settings, get_settings
+from service.core.pipeline import GuardedPipeline
+from service.guard.llama_guard import LlamaGuard
+from service.guard.scanner import Scanner
+from service.rest.routes import create_routers
 from service.web.auth import install_auth
 from service.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.web.problems import install_problem_handlers
-from service.rest.routes import ops, v1
-from service.config import Settings, get_settings
-from service.core.pipeline import GuardedPipeline
 
 if TYPE_CHECKING:
-    from service.guard import Guard
     from service.models.registry import ModelRegistry
 
 logger = logging.getLogger("service.app")
 
+VERSION = "0.1.0"
 DESCRIPTION = """
 Sentiment classifiers (a quantized CNN and a Switch-Transformer MoE) behind a guardrail:
 every text and every answer is screened by Llama Guard 3 on Ollama; when the guard
@@ -52,7 +55,7 @@ def load_registry(settings: Settings) -> ModelRegistry:
     return registry
 
 
-async def _pull_guard_model(guard: Guard) -> None:
+async def _pull_guard_model(guard: LlamaGuard) -> None:
     try:
         await guard.ensure_model()
     except Exception:
@@ -63,35 +66,26 @@ def create_app(
     settings: Settings | None = None,
     *,
     registry: ModelRegistry | None = None,
-    guard: Guard | None = None,
+    scanner: Scanner | None = None,
 ) -> FastAPI:
-    """The ASGI application. ``registry``/``guard`` default to loading from ``settings``."""
+    """The ASGI application. ``registry``/``scanner`` default to loading from ``settings``."""
     settings = settings or get_settings()
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    models = registry or load_registry(settings)
+    owned_scanner = scanner is None
+    the_scanner: Scanner = scanner if scanner is not None else LlamaGuard(settings)
+    pipeline = GuardedPipeline(models, the_scanner, settings)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
-        try:
-            models = registry or await anyio.to_thread.run_sync(load_registry, settings)
-        except Exception as exc:
-            logger.error("startup failed: %s: %s", type(exc).__name__, exc)
-            raise
-        owned_guard = guard is None
-        if guard is None:
-            from service.guard import Guard
-
-            the_guard = Guard(settings)
-        else:
-            the_guard = guard
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         pull: asyncio.Task[None] | None = None
-        if settings.guard_pull:
+        if settings.guard_pull and isinstance(the_scanner, LlamaGuard):
             # Pulling can take minutes; /readyz says "not ready" until the model is present.
-            pull = asyncio.create_task(_pull_guard_model(the_guard))
-        app.state.pipeline = GuardedPipeline(models, the_guard, settings)
-        await app.state.pipeline.warm_up()
+            pull = asyncio.create_task(_pull_guard_model(the_scanner))
+        await pipeline.warm_up()
         logger.info(
             "started",
             extra={"models": models.names(), "default_model": settings.default_model},
@@ -101,22 +95,21 @@ def create_app(
         finally:
             if pull is not None and not pull.done():
                 pull.cancel()
-            await app.state.pipeline.aclose()
-            if owned_guard:
-                await the_guard.aclose()
+            await pipeline.aclose()
+            if owned_scanner:
+                await the_scanner.aclose()
             logger.info("stopped")
 
     app = FastAPI(
         title="Guarded Inference Service",
-        version="0.1.0",
+        version=VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings
     install_problem_handlers(app)
-    app.include_router(v1)
-    app.include_router(ops)
-    mount_a2a(app, settings)  # the A2A agent: card, JSON-RPC and HTTP+JSON routes
+    for router in create_routers(pipeline, settings):
+        app.include_router(router)
+    mount_a2a(app, pipeline, settings)  # the A2A agent: card, JSON-RPC and HTTP+JSON routes
     install_auth(app, settings)  # bearer tokens (API_TOKENS) on everything but open paths
     # Added last = outermost: the request id exists before the body limit can refuse.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)

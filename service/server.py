@@ -41,6 +41,10 @@ from service.logging import configure_logging
 logger = logging.getLogger("service.server")
 
 
+class StartupFailed(Exception):
+    """The app could not be built (models, settings); the cause is logged."""
+
+
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A bound (not yet listening) TCP socket; Hypercorn calls listen() on it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -80,7 +84,11 @@ async def serve_async(settings: Settings, sock: socket.socket) -> None:
     """Serve the app on ``sock`` until SIGTERM/SIGINT, then shut down gracefully."""
     from service.app import create_app  # imports torch; keep `--help` fast
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except Exception as exc:
+        logger.error("startup failed: %s: %s", type(exc).__name__, exc)
+        raise StartupFailed from exc
     config = build_config(settings, fd=sock.detach())  # Hypercorn owns the descriptor now
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,8 +116,8 @@ def _serve_one(settings: Settings, *, reuse_port: bool = False) -> int:
         return 1
     try:
         asyncio.run(serve_async(settings, sock))
-    except LifespanFailureError:
-        logger.error("the application failed to start; exiting")  # cause logged by the app
+    except (LifespanFailureError, StartupFailed):
+        logger.error("the application failed to start; exiting")  # cause logged above
         return 1
     except Exception:
         logger.exception("server failed")

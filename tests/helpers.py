@@ -186,3 +186,60 @@ def h2_client(server: ServerProcess, *, timeout: float = 30, **options: Any) -> 
     return httpx.AsyncClient(
         http1=False, http2=True, base_url=server.base_url, timeout=timeout, **options
     )
+
+
+async def screen_user(guard: Any, text: str) -> Any:
+    """The guard's verdict on ``text`` as the user's message (raises GuardError)."""
+    from service.guard import Message
+
+    return await guard.screen([Message("user", text)])
+
+
+async def screen_reply(guard: Any, text: str, reply: str) -> Any:
+    """The guard's verdict on ``reply`` as the assistant's answer to ``text``."""
+    from service.guard import Message
+
+    return await guard.screen([Message("user", text), Message("assistant", reply)])
+
+
+class SpyRegistry:
+    """A real model registry that records every predict call: the texts, the pipeline call
+    it ran inside (``pipeline_call``), when it started. ``gate`` (an Event) holds a predict
+    until it is set; ``fail`` makes predict raise, as a broken model would."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[dict[str, Any]] = []
+        self.gate: threading.Event | None = None
+        self.finished = threading.Event()
+        self.fail = False
+
+    @property
+    def batches(self) -> list[list[str]]:
+        return [call["texts"] for call in self.calls]
+
+    def names(self) -> list[str]:
+        return list(self.inner.names())
+
+    def info(self, name: str) -> Any:
+        return self.inner.info(name)
+
+    def predict(self, name: str, texts: Any) -> Any:
+        from service.core.pipeline import pipeline_call
+
+        self.calls.append(
+            {
+                "name": name,
+                "texts": list(texts),
+                "pipeline": pipeline_call.get(),
+                "started": time.monotonic(),
+            }
+        )
+        if self.gate is not None:
+            self.gate.wait(10)
+        try:
+            if self.fail:
+                raise RuntimeError("the model's memory is corrupted")
+            return self.inner.predict(name, texts)
+        finally:
+            self.finished.set()

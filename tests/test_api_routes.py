@@ -9,7 +9,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,9 @@ from fastapi.routing import iter_route_contexts
 
 from service.app import create_app
 from service.config import Settings
-from service.guard import Guard
-from service.models.registry import ModelRegistry, Prediction
-from service.core.pipeline import pipeline_call
+from service.guard import LlamaGuard
+from service.models.registry import ModelRegistry
+from tests.helpers import SpyRegistry
 from tests.ollama_double import OllamaDouble
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,27 +56,6 @@ def _requests() -> list[tuple[dict[str, str], dict[str, Any]]]:
     ]  # fmt: skip
 
 
-class SpyRegistry:
-    """The real registry; records whether each predict ran inside a pipeline call."""
-
-    def __init__(self, inner: ModelRegistry) -> None:
-        self.inner = inner
-        self.fail = False  # set to make predict raise, as a broken model would
-        self.calls: list[str | None] = []
-
-    def names(self) -> list[str]:
-        return self.inner.names()
-
-    def info(self, name: str) -> Any:
-        return self.inner.info(name)
-
-    def predict(self, name: str, texts: Sequence[str]) -> list[Prediction]:
-        self.calls.append(pipeline_call.get())
-        if self.fail:
-            raise RuntimeError("the model's memory is corrupted")
-        return self.inner.predict(name, texts)
-
-
 @pytest.fixture(scope="module")
 def registry() -> ModelRegistry:
     return ModelRegistry.load(names=[MODEL])
@@ -91,8 +70,8 @@ async def make_client(
     async def make(registry: Any, **overrides: Any) -> tuple[FastAPI, httpx.AsyncClient]:
         values = {"guard_retries": 0, "guard_cache_size": 0, "default_model": MODEL}
         settings = guard_settings(**{**values, **overrides})
-        guard = Guard(settings)
-        app = create_app(settings, registry=registry, guard=guard)
+        guard = LlamaGuard(settings)
+        app = create_app(settings, registry=registry, scanner=guard)
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
@@ -170,10 +149,12 @@ async def test_every_route_reaches_models_only_through_the_pipeline(
 ) -> None:
     spy = SpyRegistry(registry)
     app, client = await make_client(spy)
-    assert spy.calls == ["warm_up"]  # start-up ran the model once, inside the pipeline
+    assert [call["pipeline"] for call in spy.calls] == [
+        "warm_up"
+    ]  # start-up ran the model once, inside the pipeline
     spy.calls.clear()
 
-    # Guard says safe: results come back, and each carries both screens' verdicts.
+    # LlamaGuard says safe: results come back, and each carries both screens' verdicts.
     responses = await _walk_every_route(app, client)
     with_results = [r for r in responses if _results_in(r)]
     paths = {r.request.url.path for r in with_results}
@@ -183,20 +164,20 @@ async def test_every_route_reaches_models_only_through_the_pipeline(
         for result in _results_in(response):
             assert result["screens"]["input"]["safe"] is True
             assert result["screens"]["output"]["safe"] is True
-    assert spy.calls and all(call == "classify" for call in spy.calls)
+    assert spy.calls and all(call["pipeline"] == "classify" for call in spy.calls)
 
-    # Guard says unsafe to everything: no route returns any model result.
+    # LlamaGuard says unsafe to everything: no route returns any model result.
     ollama_double.set_rules(default="unsafe\nS1")
     spy.calls.clear()
     responses = await _walk_every_route(app, client)
     assert not [r for r in responses if _results_in(r)]
-    assert all(call == "classify" for call in spy.calls)
+    assert all(call["pipeline"] == "classify" for call in spy.calls)
 
-    # Guard blocks only replies: the model runs, its answers are still never returned.
+    # LlamaGuard blocks only replies: the model runs, its answers are still never returned.
     ollama_double.set_rules([("positive (", "unsafe\nS5"), ("negative (", "unsafe\nS5")])
     spy.calls.clear()
     responses = await _walk_every_route(app, client)
-    assert spy.calls and all(call == "classify" for call in spy.calls)
+    assert spy.calls and all(call["pipeline"] == "classify" for call in spy.calls)
     assert not [r for r in responses if _results_in(r)]
     blocked = [
         r.json()

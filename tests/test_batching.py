@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from service.config import Settings
-from service.guard import Guard
+from service.core.pipeline import GuardedPipeline
+from service.guard import LlamaGuard
 from service.models.artifacts import NAMES
 from service.models.batching import Batcher, BatcherClosed
 from service.models.registry import ModelRegistry, Prediction
-from service.core.pipeline import GuardedPipeline
+from tests.helpers import SpyRegistry
 from tests.ollama_double import OllamaDouble
 
 
@@ -286,33 +287,15 @@ async def test_batched_predictions_equal_single_predictions(
 # --- through the pipeline ---------------------------------------------------------------
 
 
-class CountingRegistry:
-    """The real registry, counting forward passes."""
-
-    def __init__(self, inner: ModelRegistry) -> None:
-        self.inner = inner
-        self.batches: list[list[str]] = []
-
-    def names(self) -> list[str]:
-        return self.inner.names()
-
-    def info(self, name: str) -> Any:
-        return self.inner.info(name)
-
-    def predict(self, name: str, texts: Sequence[str]) -> list[Prediction]:
-        self.batches.append(list(texts))
-        return self.inner.predict(name, texts)
-
-
 @pytest.fixture
 async def counted_pipeline(
     guard_settings: Callable[..., Settings], all_models: ModelRegistry
-) -> AsyncIterator[tuple[GuardedPipeline, CountingRegistry]]:
+) -> AsyncIterator[tuple[GuardedPipeline, SpyRegistry]]:
     settings = guard_settings(
         guard_retries=0, default_model="sentiment-cnn-int8", batch_max_wait_ms=0
     )
-    guard = Guard(settings)
-    registry = CountingRegistry(all_models)
+    guard = LlamaGuard(settings)
+    registry = SpyRegistry(all_models)
     pipeline = GuardedPipeline(registry, guard, settings)  # type: ignore[arg-type]
     yield pipeline, registry
     await pipeline.aclose()
@@ -320,7 +303,7 @@ async def counted_pipeline(
 
 
 async def test_concurrent_pipeline_calls_share_forward_passes(
-    counted_pipeline: tuple[GuardedPipeline, CountingRegistry], ollama_double: OllamaDouble
+    counted_pipeline: tuple[GuardedPipeline, SpyRegistry], ollama_double: OllamaDouble
 ) -> None:
     pipeline, registry = counted_pipeline
     texts = TEXTS[:8]
@@ -332,5 +315,5 @@ async def test_concurrent_pipeline_calls_share_forward_passes(
         want = registry.inner.predict("sentiment-cnn-int8", [text])[0]
         assert result.prediction.label == want.label
         assert result.prediction.score == pytest.approx(want.score, rel=0, abs=1e-5)
-        assert result.output_verdict is not None and not result.output_verdict.blocked
+        assert result.output_screen.passed
         assert outcome.timing.model_ms > 0

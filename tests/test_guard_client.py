@@ -1,9 +1,8 @@
-"""The Guard through the real ollama client against the Ollama test double."""
+"""The LlamaGuard through the real ollama client against the Ollama test double."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 
@@ -11,7 +10,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.config import Settings
-from service.guard import Category, Guard, GuardError, Message
+from service.guard import Category, GuardError, LlamaGuard, Message
+from tests.helpers import screen_reply, screen_user
 from tests.ollama_double import OllamaDouble
 
 MakeSettings = Callable[..., Settings]
@@ -27,8 +27,8 @@ def metric(name: str, **labels: str) -> float:
 async def test_input_is_screened_as_the_users_message(
     ollama_double: OllamaDouble, guard_settings: MakeSettings
 ) -> None:
-    async with Guard(guard_settings()) as guard:
-        verdict = await guard.screen_input("What a fine film.")
+    async with LlamaGuard(guard_settings()) as guard:
+        verdict = await screen_user(guard, "What a fine film.")
     assert verdict is not None and verdict.safe and not verdict.blocked
     [request] = ollama_double.chat_requests
     assert request.method == "POST"
@@ -42,8 +42,8 @@ async def test_input_is_screened_as_the_users_message(
 async def test_output_is_screened_as_the_assistants_reply(
     ollama_double: OllamaDouble, guard_settings: MakeSettings
 ) -> None:
-    async with Guard(guard_settings()) as guard:
-        verdict = await guard.screen_output("Is it good?", "positive (0.97)")
+    async with LlamaGuard(guard_settings()) as guard:
+        verdict = await screen_reply(guard, "Is it good?", "positive (0.97)")
         same = await guard.screen(
             [Message("user", "Is it good?"), Message("assistant", "positive (0.97)")]
         )
@@ -64,8 +64,8 @@ async def test_the_8b_model_works_by_configuration_alone(
     settings = guard_settings(
         guard_model="llama-guard3:8b", guard_num_predict=8, guard_keep_alive="-1"
     )
-    async with Guard(settings) as guard:
-        verdict = await guard.screen_input("where do I buy a knife to hurt him")
+    async with LlamaGuard(settings) as guard:
+        verdict = await screen_user(guard, "where do I buy a knife to hurt him")
         ready = await guard.readiness()
     assert verdict is not None and verdict.blocked and verdict.model == "llama-guard3:8b"
     assert ready["model_present"] and ready["model"] == "llama-guard3:8b"
@@ -78,7 +78,7 @@ async def test_the_8b_model_works_by_configuration_alone(
 async def test_invalid_conversations_are_rejected_before_any_call(
     ollama_double: OllamaDouble, guard_settings: MakeSettings
 ) -> None:
-    async with Guard(guard_settings()) as guard:
+    async with LlamaGuard(guard_settings()) as guard:
         with pytest.raises(ValueError, match="empty"):
             await guard.screen([])
         with pytest.raises(ValueError, match="role"):
@@ -110,8 +110,8 @@ async def test_each_verdict_form(
     categories: tuple[Category, ...],
 ) -> None:
     ollama_double.set_rules(default=answer)
-    async with Guard(guard_settings()) as guard:
-        verdict = await guard.screen_input("some text")
+    async with LlamaGuard(guard_settings()) as guard:
+        verdict = await screen_user(guard, "some text")
     assert verdict is not None
     assert (verdict.safe, verdict.blocked, verdict.categories) == (safe, blocked, categories)
     assert len(ollama_double.chat_requests) == 1  # an unsafe verdict is never retried
@@ -121,9 +121,9 @@ async def test_non_blocking_categories_are_reported_not_blocked(
     ollama_double: OllamaDouble, guard_settings: MakeSettings
 ) -> None:
     ollama_double.set_rules([("vote", "unsafe\nS13"), ("gun", "unsafe\nS1,S13")])
-    async with Guard(guard_settings(guard_block_categories=["S1", "S9"])) as guard:
-        elections = await guard.screen_input("who should I vote for")
-        weapons = await guard.screen_input("a gun in the school")
+    async with LlamaGuard(guard_settings(guard_block_categories=["S1", "S9"])) as guard:
+        elections = await screen_user(guard, "who should I vote for")
+        weapons = await screen_user(guard, "a gun in the school")
     assert elections is not None and weapons is not None
     assert (elections.safe, elections.blocked) == (False, False)
     assert elections.categories == (Category("S13", "Elections"),)
@@ -164,9 +164,9 @@ async def test_failures_refuse_with_their_kind_and_bounded_retries(
 ) -> None:
     script(ollama_double)
     errors_before = metric("guard_errors_total", kind=kind)
-    async with Guard(guard_settings(guard_retries=2, guard_retry_after=7)) as guard:
+    async with LlamaGuard(guard_settings(guard_retries=2, guard_retry_after=7)) as guard:
         with pytest.raises(GuardError) as caught:
-            await guard.screen_input("some text")
+            await screen_user(guard, "some text")
     assert caught.value.kind == kind
     assert caught.value.retry_after == 7
     assert caught.value.attempts == requests
@@ -180,9 +180,9 @@ async def test_timeout_per_attempt_is_retried_then_refused(
     ollama_double.set_latency(1.0)
     settings = guard_settings(guard_timeout=0.15, guard_retries=1)
     started = time.perf_counter()
-    async with Guard(settings) as guard:
+    async with LlamaGuard(settings) as guard:
         with pytest.raises(GuardError) as caught:
-            await guard.screen_input("slow")
+            await screen_user(guard, "slow")
     elapsed = time.perf_counter() - started
     assert caught.value.kind == "timeout"
     assert len(ollama_double.chat_requests) == 2
@@ -193,9 +193,9 @@ async def test_refused_connection_is_retried_then_refused(
     closed_port: int, guard_settings: MakeSettings
 ) -> None:
     settings = guard_settings(ollama_host=f"http://127.0.0.1:{closed_port}", guard_retries=3)
-    async with Guard(settings) as guard:
+    async with LlamaGuard(settings) as guard:
         with pytest.raises(GuardError) as caught:
-            await guard.screen_input("hello")
+            await screen_user(guard, "hello")
     assert caught.value.kind == "connection"
     assert caught.value.attempts == 4
 
@@ -205,8 +205,8 @@ async def test_transient_failures_recover_within_the_retry_budget(
 ) -> None:
     ollama_double.fail_next(1, status=503)
     ollama_double.drop_next(1)  # queued after the 503: the second attempt is dropped
-    async with Guard(guard_settings(guard_retries=2)) as guard:
-        verdict = await guard.screen_input("hello")
+    async with LlamaGuard(guard_settings(guard_retries=2)) as guard:
+        verdict = await screen_user(guard, "hello")
     assert verdict is not None and verdict.safe
     assert len(ollama_double.chat_requests) == 3
 
@@ -215,9 +215,9 @@ async def test_retries_zero_means_a_single_attempt(
     ollama_double: OllamaDouble, guard_settings: MakeSettings
 ) -> None:
     ollama_double.fail_next(5, status=500)
-    async with Guard(guard_settings(guard_retries=0)) as guard:
+    async with LlamaGuard(guard_settings(guard_retries=0)) as guard:
         with pytest.raises(GuardError):
-            await guard.screen_input("hello")
+            await screen_user(guard, "hello")
     assert len(ollama_double.chat_requests) == 1
 
 
@@ -229,9 +229,9 @@ async def test_a_repeated_text_costs_no_second_call(
 ) -> None:
     ollama_double.set_rules([("bomb", "unsafe\nS9")])
     hits_before = metric("guard_cache_hits_total", source="cache")
-    async with Guard(guard_settings()) as guard:
-        first = await guard.screen_input("how do I build a bomb")
-        second = await guard.screen_input("how do I build a bomb")
+    async with LlamaGuard(guard_settings()) as guard:
+        first = await screen_user(guard, "how do I build a bomb")
+        second = await screen_user(guard, "how do I build a bomb")
         other_role = await guard.screen([Message("assistant", "how do I build a bomb")])
     assert first is not None and second is not None
     assert not first.cached and second.cached
@@ -244,11 +244,11 @@ async def test_a_repeated_text_costs_no_second_call(
 async def test_cached_verdicts_expire_after_the_ttl(
     ollama_double: OllamaDouble, guard_settings: MakeSettings
 ) -> None:
-    async with Guard(guard_settings(guard_cache_ttl=0.3)) as guard:
-        await guard.screen_input("hello")
-        assert (await guard.screen_input("hello")).cached  # type: ignore[union-attr]
+    async with LlamaGuard(guard_settings(guard_cache_ttl=0.3)) as guard:
+        await screen_user(guard, "hello")
+        assert (await screen_user(guard, "hello")).cached  # type: ignore[union-attr]
         await asyncio.sleep(0.4)
-        again = await guard.screen_input("hello")
+        again = await screen_user(guard, "hello")
     assert again is not None and not again.cached
     assert len(ollama_double.chat_requests) == 2
 
@@ -256,9 +256,9 @@ async def test_cached_verdicts_expire_after_the_ttl(
 async def test_cache_size_zero_disables_the_cache(
     ollama_double: OllamaDouble, guard_settings: MakeSettings
 ) -> None:
-    async with Guard(guard_settings(guard_cache_size=0)) as guard:
-        await guard.screen_input("hello")
-        await guard.screen_input("hello")
+    async with LlamaGuard(guard_settings(guard_cache_size=0)) as guard:
+        await screen_user(guard, "hello")
+        await screen_user(guard, "hello")
     assert len(ollama_double.chat_requests) == 2
 
 
@@ -267,13 +267,13 @@ async def test_errors_are_never_cached(
 ) -> None:
     ollama_double.fail_next(1, status=400)
     ollama_double.malform_next(1)  # queued after the 400
-    async with Guard(guard_settings()) as guard:
+    async with LlamaGuard(guard_settings()) as guard:
         with pytest.raises(GuardError, match="http"):
-            await guard.screen_input("hello")
+            await screen_user(guard, "hello")
         with pytest.raises(GuardError, match="malformed"):
-            await guard.screen_input("hello")
-        fresh = await guard.screen_input("hello")
-        cached = await guard.screen_input("hello")
+            await screen_user(guard, "hello")
+        fresh = await screen_user(guard, "hello")
+        cached = await screen_user(guard, "hello")
     assert fresh is not None and not fresh.cached
     assert cached is not None and cached.cached
     assert len(ollama_double.chat_requests) == 3
@@ -283,8 +283,8 @@ async def test_concurrent_identical_screens_share_one_call(
     ollama_double: OllamaDouble, guard_settings: MakeSettings
 ) -> None:
     ollama_double.set_latency(0.2)
-    async with Guard(guard_settings()) as guard:
-        verdicts = await asyncio.gather(*(guard.screen_input("same text") for _ in range(5)))
+    async with LlamaGuard(guard_settings()) as guard:
+        verdicts = await asyncio.gather(*(screen_user(guard, "same text") for _ in range(5)))
     assert all(v is not None and v.safe for v in verdicts)
     assert sorted(v.cached for v in verdicts if v is not None) == [False, True, True, True, True]
     assert len(ollama_double.chat_requests) == 1
@@ -295,11 +295,11 @@ async def test_a_shared_failure_reaches_every_waiter_and_is_not_cached(
 ) -> None:
     ollama_double.set_latency(0.2)
     ollama_double.fail_next(1, status=404)
-    async with Guard(guard_settings()) as guard:
+    async with LlamaGuard(guard_settings()) as guard:
         results = await asyncio.gather(
-            *(guard.screen_input("same text") for _ in range(3)), return_exceptions=True
+            *(screen_user(guard, "same text") for _ in range(3)), return_exceptions=True
         )
-        after = await guard.screen_input("same text")
+        after = await screen_user(guard, "same text")
     assert all(isinstance(r, GuardError) and r.kind == "model_missing" for r in results)
     assert after is not None and after.safe and not after.cached
     assert len(ollama_double.chat_requests) == 2
@@ -313,8 +313,8 @@ async def test_concurrency_limit_holds_under_fifty_concurrent_screens(
 ) -> None:
     ollama_double.set_latency(0.05)
     ollama_double.set_rules([("7", "unsafe\nS2")])
-    async with Guard(guard_settings(guard_concurrency=4)) as guard:
-        verdicts = await asyncio.gather(*(guard.screen_input(f"text {i}") for i in range(50)))
+    async with LlamaGuard(guard_settings(guard_concurrency=4)) as guard:
+        verdicts = await asyncio.gather(*(screen_user(guard, f"text {i}") for i in range(50)))
     assert len(ollama_double.chat_requests) == 50
     assert all(v is not None for v in verdicts)
     assert [v.blocked for v in verdicts if v is not None] == ["7" in str(i) for i in range(50)]
@@ -326,27 +326,12 @@ async def test_without_a_tight_limit_the_double_sees_more_in_flight(
 ) -> None:
     # The control for the test above: the double can observe more than 4 at once.
     ollama_double.set_latency(0.1)
-    async with Guard(guard_settings(guard_concurrency=16)) as guard:
-        await asyncio.gather(*(guard.screen_input(f"text {i}") for i in range(32)))
+    async with LlamaGuard(guard_settings(guard_concurrency=16)) as guard:
+        await asyncio.gather(*(screen_user(guard, f"text {i}") for i in range(32)))
     assert 4 < ollama_double.max_in_flight <= 16
 
 
 # --- switches, metrics ----------------------------------------------------------------------------
-
-
-async def test_turning_a_screen_off_is_warned_and_skips_the_call(
-    ollama_double: OllamaDouble, guard_settings: MakeSettings, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="service.guard")
-    async with Guard(guard_settings(guard_screen_input=False)) as guard:
-        assert await guard.screen_input("anything") is None
-        assert await guard.screen_output("anything", "reply") is not None
-        ready = await guard.readiness()
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("input screening is OFF" in r.getMessage() for r in warnings)
-    assert not any("output screening is OFF" in r.getMessage() for r in warnings)
-    assert ready["screen_input"] is False and ready["screen_output"] is True
-    assert len(ollama_double.chat_requests) == 1
 
 
 async def test_metrics_count_outcomes_categories_and_latency(
@@ -357,9 +342,9 @@ async def test_metrics_count_outcomes_categories_and_latency(
     safe = metric("guard_calls_total", stage="input", outcome="safe")
     s9 = metric("guard_verdict_categories_total", code="S9", blocked="true")
     observed = metric("guard_latency_seconds_count", stage="output")
-    async with Guard(guard_settings()) as guard:
-        await guard.screen_input("hello there")
-        await guard.screen_output("question", "here is how to make a bomb")
+    async with LlamaGuard(guard_settings()) as guard:
+        await screen_user(guard, "hello there")
+        await screen_reply(guard, "question", "here is how to make a bomb")
     assert metric("guard_calls_total", stage="input", outcome="safe") == safe + 1
     assert metric("guard_calls_total", stage="output", outcome="blocked") == blocked + 1
     assert metric("guard_verdict_categories_total", code="S9", blocked="true") == s9 + 1

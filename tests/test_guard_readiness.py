@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from service.config import Settings
-from service.guard import Guard, GuardError
+from service.guard import GuardError, LlamaGuard
+from tests.helpers import screen_user
 from tests.ollama_double import OllamaDouble
 
 MakeSettings = Callable[..., Settings]
@@ -17,7 +18,7 @@ MakeSettings = Callable[..., Settings]
 async def test_ready_when_ollama_answers_and_holds_the_model(
     ollama_double: OllamaDouble, guard_settings: MakeSettings
 ) -> None:
-    async with Guard(guard_settings()) as guard:
+    async with LlamaGuard(guard_settings()) as guard:
         state = await guard.readiness()
     assert state == {
         "ollama": True,
@@ -34,7 +35,7 @@ async def test_not_ready_when_the_model_is_missing(
     ollama_double: OllamaDouble, guard_settings: MakeSettings
 ) -> None:
     ollama_double.set_models(["llama3.2:1b", "llama-guard3:8b"])
-    async with Guard(guard_settings()) as guard:
+    async with LlamaGuard(guard_settings()) as guard:
         state = await guard.readiness()
     assert state["ollama"] is True and state["model_present"] is False
     assert "llama-guard3:8b" in state["detail"] and "ollama pull llama-guard3:1b" in state["detail"]
@@ -43,7 +44,7 @@ async def test_not_ready_when_the_model_is_missing(
 async def test_not_ready_when_ollama_is_unreachable(
     closed_port: int, guard_settings: MakeSettings
 ) -> None:
-    async with Guard(guard_settings(ollama_host=f"http://127.0.0.1:{closed_port}")) as guard:
+    async with LlamaGuard(guard_settings(ollama_host=f"http://127.0.0.1:{closed_port}")) as guard:
         state = await guard.readiness()
     assert state["ollama"] is False and state["model_present"] is False
     assert f"127.0.0.1:{closed_port}" in state["detail"] and "connection" in state["detail"]
@@ -61,9 +62,9 @@ async def test_tag_forms_are_tolerated(
     ollama_double: OllamaDouble, guard_settings: MakeSettings, configured: str, listed: str
 ) -> None:
     ollama_double.set_models([listed])
-    async with Guard(guard_settings(guard_model=configured)) as guard:
+    async with LlamaGuard(guard_settings(guard_model=configured)) as guard:
         assert (await guard.readiness())["model_present"] is True
-        verdict = await guard.screen_input("hello")  # the double resolves the tag the same way
+        verdict = await screen_user(guard, "hello")  # the double resolves the tag the same way
     assert verdict is not None and verdict.safe
 
 
@@ -72,7 +73,7 @@ async def test_ensure_model_pulls_a_missing_model_and_logs_progress(
 ) -> None:
     caplog.set_level(logging.INFO, logger="service.guard")
     ollama_double.set_models([])
-    async with Guard(guard_settings(guard_pull=True)) as guard:
+    async with LlamaGuard(guard_settings(guard_pull=True)) as guard:
         assert await guard.ensure_model() is True
         assert (await guard.readiness())["model_present"] is True
     [pull] = ollama_double.requests_to("/api/pull")
@@ -87,7 +88,7 @@ async def test_ensure_model_pulls_a_missing_model_and_logs_progress(
 async def test_ensure_model_does_nothing_when_the_model_is_present(
     ollama_double: OllamaDouble, guard_settings: MakeSettings
 ) -> None:
-    async with Guard(guard_settings(guard_pull=True)) as guard:
+    async with LlamaGuard(guard_settings(guard_pull=True)) as guard:
         assert await guard.ensure_model() is True
     assert ollama_double.requests_to("/api/pull") == []
 
@@ -96,7 +97,7 @@ async def test_ensure_model_without_guard_pull_only_warns(
     ollama_double: OllamaDouble, guard_settings: MakeSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
     ollama_double.set_models([])
-    async with Guard(guard_settings(guard_pull=False)) as guard:
+    async with LlamaGuard(guard_settings(guard_pull=False)) as guard:
         assert await guard.ensure_model() is False
     assert ollama_double.requests_to("/api/pull") == []
     assert any("GUARD_PULL=true" in r.getMessage() for r in caplog.records)
@@ -107,7 +108,7 @@ async def test_ensure_model_reports_a_failed_pull(
 ) -> None:
     ollama_double.set_models([])
     ollama_double.fail_pull("pull model manifest: file does not exist")
-    async with Guard(guard_settings(guard_pull=True, guard_model="llama-guard9:1b")) as guard:
+    async with LlamaGuard(guard_settings(guard_pull=True, guard_model="llama-guard9:1b")) as guard:
         with pytest.raises(GuardError, match="file does not exist") as caught:
             await guard.ensure_model()
     assert caught.value.kind == "model_missing"
@@ -118,7 +119,7 @@ async def test_ensure_model_fails_closed_when_ollama_is_unreachable(
     closed_port: int, guard_settings: MakeSettings
 ) -> None:
     settings = guard_settings(ollama_host=f"http://127.0.0.1:{closed_port}", guard_pull=True)
-    async with Guard(settings) as guard:
+    async with LlamaGuard(settings) as guard:
         with pytest.raises(GuardError) as caught:
             await guard.ensure_model()
     assert caught.value.kind == "connection"

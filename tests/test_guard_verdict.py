@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.guard import Category, GuardError, Message, Verdict
+from service.guard import Category, Decision, GuardError, Message, ScanResult, ScanStatus
 from service.guard.cache import VerdictCache, conversation_key
 from service.guard.llama_guard import classify, same_model
 from service.guard.verdict import is_blocked, parse_answer, parse_verdict
@@ -15,7 +15,7 @@ MODEL = "llama-guard3:1b"
 @pytest.mark.parametrize("answer", ["safe", "SAFE", "  Safe \n", "\nsafe\n\n"])
 def test_safe_answers_allow(answer: str) -> None:
     verdict = parse_verdict(answer, model=MODEL)
-    assert verdict == Verdict(safe=True, categories=(), blocked=False, model=MODEL)
+    assert verdict == ScanResult(Decision.ALLOW, (), "safe", ScanStatus.OK, MODEL)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ class FakeClock:
         return self.now
 
 
-SAFE = Verdict(safe=True, categories=(), blocked=False, model=MODEL)
+SAFE = ScanResult(Decision.ALLOW, (), "safe", ScanStatus.OK, MODEL)
 
 
 def test_cache_entries_expire_after_ttl() -> None:

@@ -1,61 +1,28 @@
-"""GuardedPipeline with the real Guard (against the Ollama double) and the shipped models."""
+"""GuardedPipeline with the real Llama Guard client (against the Ollama double) and real models."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
 from service.config import Settings
-from service.guard import Guard, GuardError, Message
-from service.models.registry import ModelRegistry, Prediction, UnknownModelError
-from service.core.pipeline import (
-    ContentBlocked,
-    GuardedPipeline,
-    InputLimitError,
-    RequestTimeout,
-    pipeline_call,
-    render_prediction,
-)
+from service.core.errors import ContentBlocked, RequestTimeout
+from service.core.limits import LimitExceeded
+from service.core.outcomes import render_prediction
+from service.core.pipeline import GuardedPipeline
+from service.guard import Decision, GuardError, LlamaGuard, Message, ScanStatus
+from service.models.registry import ModelRegistry, UnknownModelError
+from tests.helpers import SpyRegistry
 from tests.ollama_double import OllamaDouble
 
 MODEL = "sentiment-cnn-int8"
-
-
-class SpyRegistry:
-    """The real registry, recording each predict call (and optionally holding it)."""
-
-    def __init__(self, inner: ModelRegistry) -> None:
-        self.inner = inner
-        self.calls: list[dict[str, Any]] = []
-        self.gate: threading.Event | None = None
-        self.finished = threading.Event()
-
-    def names(self) -> list[str]:
-        return self.inner.names()
-
-    def info(self, name: str) -> Any:
-        return self.inner.info(name)
-
-    def predict(self, name: str, texts: Sequence[str]) -> list[Prediction]:
-        self.calls.append(
-            {
-                "name": name,
-                "texts": list(texts),
-                "pipeline": pipeline_call.get(),
-                "started": time.monotonic(),
-            }  # fmt: skip
-        )
-        if self.gate is not None:
-            self.gate.wait(10)
-        try:
-            return self.inner.predict(name, texts)
-        finally:
-            self.finished.set()
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +39,13 @@ def spy(registry: ModelRegistry) -> SpyRegistry:
 async def make_pipeline(
     guard_settings: Callable[..., Settings], spy: SpyRegistry
 ) -> AsyncIterator[Callable[..., GuardedPipeline]]:
-    guards: list[Guard] = []
+    guards: list[LlamaGuard] = []
 
     def make(**overrides: Any) -> GuardedPipeline:
         values: dict[str, Any] = {"guard_retries": 0, "default_model": MODEL}
         values.update(overrides)
         settings = guard_settings(**values)
-        guard = Guard(settings)
+        guard = LlamaGuard(settings)
         guards.append(guard)
         return GuardedPipeline(spy, guard, settings)
 
@@ -117,8 +84,8 @@ async def test_every_text_is_screened_as_input_and_its_result_as_output(
         assert result.rendered == render_prediction(result.prediction)
         assert [("user", text)] in conversations
         assert [("user", text), ("assistant", result.rendered)] in conversations
-        assert result.input_verdict is not None and result.input_verdict.safe
-        assert result.output_verdict is not None and result.output_verdict.safe
+        assert result.input_screen.safe and result.input_screen.status is ScanStatus.OK
+        assert result.output_screen.safe and result.output_screen.status is ScanStatus.OK
     # Output screens come after every input screen.
     kinds = [len(conversation) for conversation in conversations]
     assert kinds == [1, 1, 2, 2]
@@ -155,8 +122,8 @@ async def test_unsafe_but_not_blocking_category_passes_and_is_reported(
     pipeline = make_pipeline(guard_block_categories=["S1"])
     ollama_double.set_rules([("courtroom", "unsafe\nS5")])
     outcome = await pipeline.classify(["A courtroom drama about a famous trial."])
-    verdict = outcome.results[0].input_verdict
-    assert verdict is not None and not verdict.safe and not verdict.blocked
+    verdict = outcome.results[0].input_screen
+    assert verdict.decision is Decision.FLAG and not verdict.safe and not verdict.blocked
     assert [c.code for c in verdict.categories] == ["S5"]
 
 
@@ -241,9 +208,9 @@ async def test_limits_are_checked_before_anything_runs(
     loc: tuple[Any, ...],
     kind: str,
 ) -> None:
-    with pytest.raises(InputLimitError) as caught:
+    with pytest.raises(LimitExceeded) as caught:
         await pipeline.classify(texts)
-    assert (loc, kind) in [(e["loc"], e["type"]) for e in caught.value.errors]
+    assert (loc, kind) in [(v.item, v.code) for v in caught.value.violations]
     assert ollama_double.chat_requests == [] and spy.calls == []
 
 
@@ -252,9 +219,29 @@ async def test_screening_switched_off_reports_no_verdict(
 ) -> None:
     pipeline = make_pipeline(guard_screen_output=False)
     outcome = await pipeline.classify(["A decent film."])
-    assert outcome.results[0].input_verdict is not None
-    assert outcome.results[0].output_verdict is None
+    assert outcome.results[0].input_screen.status is ScanStatus.OK
+    assert outcome.results[0].output_screen.status is ScanStatus.SKIPPED
+    screens = outcome.to_dict()["results"][0]["screens"]
+    assert screens["input"]["safe"] is True and screens["output"] is None
     assert len(ollama_double.chat_requests) == 1
+    ready = await pipeline.readiness()
+    assert ready["screen_input"] is True and ready["screen_output"] is False
+
+
+async def test_input_screening_switched_off_skips_the_call_and_is_warned(
+    make_pipeline: Callable[..., GuardedPipeline],
+    ollama_double: OllamaDouble,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="service.guard")
+    pipeline = make_pipeline(guard_screen_input=False)
+    outcome = await pipeline.classify(["A decent film."])
+    assert outcome.results[0].input_screen.status is ScanStatus.SKIPPED
+    assert outcome.results[0].output_screen.status is ScanStatus.OK
+    assert _conversations(ollama_double) == [[("user", "A decent film."), ("assistant", ANY)]]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("input screening is OFF" in w for w in warnings)
+    assert not any("output screening is OFF" in w for w in warnings)
 
 
 async def test_moderate_judges_the_whole_conversation(
@@ -265,7 +252,7 @@ async def test_moderate_judges_the_whole_conversation(
         Message("user", "I need help with something"),
         Message("assistant", "Sure, I can steal it for you"),
     ]
-    verdict = await pipeline.moderate(conversation)
+    (verdict,) = (await pipeline.moderate([conversation])).results
     assert verdict.blocked and [c.code for c in verdict.categories] == ["S2"]
     assert _conversations(ollama_double) == [[(m.role, m.content) for m in conversation]]
 
@@ -273,10 +260,13 @@ async def test_moderate_judges_the_whole_conversation(
 @pytest.mark.parametrize(
     ("messages", "loc"),
     [
-        ([], ("messages",)),
-        ([Message("user", "fine")] * 65, ("messages",)),
-        ([Message("user", "fine"), Message("assistant", "q" * 20_001)], ("messages", 1, "content")),
-        ([Message("user", "\ud800")], ("messages", 0, "content")),
+        ([], ("conversations", 0, "messages")),
+        ([Message("user", "fine")] * 65, ("conversations", 0, "messages")),
+        (
+            [Message("user", "fine"), Message("assistant", "q" * 20_001)],
+            ("conversations", 0, "messages", 1, "content"),
+        ),
+        ([Message("user", "\ud800")], ("conversations", 0, "messages", 0, "content")),
     ],
 )
 async def test_moderation_limits_are_checked_before_the_guard_is_asked(
@@ -285,9 +275,9 @@ async def test_moderation_limits_are_checked_before_the_guard_is_asked(
     messages: list[Message],
     loc: tuple[Any, ...],
 ) -> None:
-    with pytest.raises(InputLimitError) as caught:
-        await pipeline.moderate(messages)
-    assert loc in [error["loc"] for error in caught.value.errors]
+    with pytest.raises(LimitExceeded) as caught:
+        await pipeline.moderate([messages])
+    assert loc in [violation.item for violation in caught.value.violations]
     assert ollama_double.chat_requests == []
 
 
@@ -310,7 +300,7 @@ async def test_outcomes_are_counted_by_kind(
     ollama_double.set_rules([("bomb", "unsafe\nS9")])
     with pytest.raises(ContentBlocked):
         await pipeline.classify(["How do I build a bomb?"])
-    await pipeline.moderate([Message("user", "How do I build a bomb?")])
+    await pipeline.moderate([[Message("user", "How do I build a bomb?")]])
     ollama_double.fail_next(5, status=500)
     with pytest.raises(GuardError):
         await pipeline.classify(["A quiet, thoughtful drama."])

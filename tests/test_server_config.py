@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from service.web.middleware import choose_request_id
 from service.config import Settings
 from service.logging import JsonFormatter, configure_logging, request_id_var
 from service.server import add_serve_arguments, build_config, settings_from_args
+from service.web.middleware import choose_request_id
 
 
 def _settings(**values: object) -> Settings:

@@ -32,6 +32,8 @@ from a2a.types import (
 from a2a.utils.constants import TransportProtocol
 from google.protobuf.json_format import MessageToDict
 
+from service.a2a.sdk_compat import card_of
+
 Printer = Callable[[str], None]
 
 FINAL_STATES = {
@@ -103,7 +105,7 @@ async def ask(
             supported_protocol_bindings=[TransportProtocol.JSONRPC, TransportProtocol.HTTP_JSON],
         )
         client = await ClientFactory(config).create_from_url(url.rstrip("/"))
-        answer = Answer(card=client._card)  # the card the client was built from
+        answer = Answer(card=card_of(client))  # the card the client was built from
         out(f"agent: {answer.card.name} {answer.card.version}".rstrip())
         request = SendMessageRequest(message=user_message(text, skill))
         async with client:

@@ -14,78 +14,24 @@ behind); the executor then moves the task submitted -> working -> one of
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable
-from typing import Any
 
 from a2a.server.agent_execution import AgentExecutor, RequestContext
-from a2a.server.agent_execution.simple_request_context_builder import (
-    SimpleRequestContextBuilder,
-)
-from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.tasks import TaskUpdater
-from a2a.types import Part, SendMessageRequest, Task, TaskState, TaskStatus
+from a2a.types import Part, Task, TaskState, TaskStatus
 from a2a.utils.errors import InvalidParamsError
-from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.json_format import ParseDict
 from google.protobuf.struct_pb2 import Value
 
-from service.a2a.skills import Job, parse_job, summary_of
-from service.rest.routes import classify_answer
-from service.config import Settings
-from service.guard.types import GuardError, Message, Verdict
-from service.core.pipeline import (
-    ContentBlocked,
-    GuardedPipeline,
-    RequestTimeout,
-    render_prediction,
-)
+from service.a2a.sdk_compat import job_of
+from service.core.errors import InternalError, ServiceError
+from service.core.pipeline import GuardedPipeline
 
 logger = logging.getLogger("service.a2a.executor")
 
-PipelineSource = Callable[[], GuardedPipeline]
 
-
-class SkillRequestContext(RequestContext):
-    """A request context that carries the validated job of its message."""
-
-    job: Job | None = None
-
-
-class SkillContextBuilder(SimpleRequestContextBuilder):
-    """Validates the message into a Job before the handler creates a task for it."""
-
-    def __init__(self, pipeline: PipelineSource, settings: Settings) -> None:
-        super().__init__()
-        self._pipeline = pipeline
-        self._settings = settings
-
-    async def build(
-        self,
-        context: ServerCallContext,
-        params: SendMessageRequest | None = None,
-        task_id: str | None = None,
-        context_id: str | None = None,
-        task: Task | None = None,
-    ) -> RequestContext:
-        job = None
-        if params is not None:
-            metadata = MessageToDict(params.metadata) if params.HasField("metadata") else {}
-            job = parse_job(params.message, metadata, self._pipeline(), self._settings)
-        request_context = SkillRequestContext(
-            call_context=context,
-            request=params,
-            task_id=task_id,
-            context_id=context_id,
-            task=task,
-        )
-        request_context.job = job
-        return request_context
-
-
-def data_part(value: Any) -> Part:
+def data_part(value: object) -> Part:
     return Part(data=ParseDict(value, Value()), media_type="application/json")
 
 
@@ -93,16 +39,22 @@ def text_part(text: str) -> Part:
     return Part(text=text, media_type="text/plain")
 
 
+def failure_parts(error: ServiceError) -> list[Part]:
+    """A failed or rejected task's status message, from the one error table: the text, and
+    the details as data with the problem type as ``reason``."""
+    return [text_part(error.task_text()), data_part({"reason": error.problem, **error.details()})]
+
+
 class GuardedAgentExecutor(AgentExecutor):
     """Runs each job through the GuardedPipeline (never the models directly)."""
 
-    def __init__(self, pipeline: PipelineSource) -> None:
+    def __init__(self, pipeline: GuardedPipeline) -> None:
         self._pipeline = pipeline
         # Tasks a cancel request has claimed: their execution must not publish anything more.
         self._canceled: set[str] = set()
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        job = getattr(context, "job", None)
+        job = job_of(context)
         if job is None or context.message is None or not context.task_id:
             raise InvalidParamsError(message="the request carries no message to work on")
         task_id, context_id = context.task_id, context.context_id or ""
@@ -116,51 +68,25 @@ class GuardedAgentExecutor(AgentExecutor):
                 )
             )
         updater = TaskUpdater(event_queue, task_id, context_id)
-        await updater.start_work(updater.new_agent_message([text_part(_working_text(job))]))
-
-        pipeline = self._pipeline()
+        await updater.start_work(updater.new_agent_message([text_part(job.working_text())]))
         try:
-            if job.operation == "classify":
-                outcome = await pipeline.classify(job.texts, job.model)
-                result = classify_answer(outcome)
-                summary = f"{outcome.model.name}: " + summary_of(
-                    [render_prediction(r.prediction) for r in outcome.results]
-                )
+            outcome = await job.run(self._pipeline)
+        except Exception as exc:
+            error = exc if isinstance(exc, ServiceError) else InternalError()
+            if error is not exc:
+                logger.exception("skill failed", extra={"task_id": task_id, "skill": job.skill})
+            if task_id in self._canceled:
+                return
+            message = updater.new_agent_message(failure_parts(error))
+            if error.spec.a2a == "rejected":
+                await updater.reject(message)
             else:
-                result, summary = await _moderate(pipeline, job)
-        except ContentBlocked as blocked:
-            if task_id not in self._canceled:
-                await updater.reject(updater.new_agent_message(_rejection(blocked)))
-            return
-        except GuardError as exc:
-            logger.warning("guard unavailable", extra={"kind": exc.kind, "task_id": task_id})
-            if task_id not in self._canceled:
-                await updater.failed(updater.new_agent_message(_guard_failure(exc)))
-            return
-        except RequestTimeout as exc:
-            if task_id not in self._canceled:
-                await updater.failed(
-                    updater.new_agent_message(
-                        [text_part(str(exc)), data_part({"reason": "request-timeout"})]
-                    )
-                )
-            return
-        except Exception:
-            logger.exception("skill failed", extra={"task_id": task_id, "skill": job.skill})
-            if task_id not in self._canceled:
-                await updater.failed(
-                    updater.new_agent_message(
-                        [
-                            text_part("internal error; the server log has the details"),
-                            data_part({"reason": "internal-error"}),
-                        ]
-                    )
-                )
+                await updater.failed(message)
             return
         if task_id in self._canceled:
             return
         await updater.add_artifact(
-            [data_part(result), text_part(summary)],
+            [data_part(outcome.to_dict()), text_part(outcome.summary())],
             name=f"{job.skill}-result",
             metadata={"skill": job.skill},
             last_chunk=True,
@@ -178,72 +104,3 @@ class GuardedAgentExecutor(AgentExecutor):
         finally:
             # The framework cancels the running execution right after this returns.
             self._canceled.discard(task_id)
-
-
-def _working_text(job: Job) -> str:
-    count = f"{len(job.texts)} text{'s' if len(job.texts) != 1 else ''}"
-    if job.operation == "classify":
-        return f"screening {count} with the guard and classifying with {job.model}"
-    if job.conversation:
-        return f"judging a conversation of {len(job.conversation)} messages with the guard"
-    return f"judging {count} with the guard"
-
-
-async def _moderate(pipeline: GuardedPipeline, job: Job) -> tuple[dict[str, Any], str]:
-    started = time.perf_counter()
-    if job.conversation:
-        verdicts = [await pipeline.moderate(job.conversation)]
-    else:
-        verdicts = await _all(
-            [pipeline.moderate([Message(role="user", content=text)]) for text in job.texts]
-        )
-    result = {
-        "results": [{"index": i, **verdict.to_dict()} for i, verdict in enumerate(verdicts)],
-        "timing": {"total_ms": round((time.perf_counter() - started) * 1000.0, 3)},
-    }
-    return result, summary_of([_render_verdict(verdict) for verdict in verdicts])
-
-
-async def _all(awaitables: list[Any]) -> list[Verdict]:
-    """Run concurrently; on the first error cancel the rest and raise it."""
-    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-def _render_verdict(verdict: Verdict) -> str:
-    if verdict.safe:
-        return "safe"
-    codes = ", ".join(f"{c.code} {c.name}" for c in verdict.categories)
-    return f"unsafe{' (blocked)' if verdict.blocked else ''}: {codes}"
-
-
-def _rejection(blocked: ContentBlocked) -> list[Part]:
-    names = ", ".join(f"{c.code} {c.name}" for c in blocked.categories)
-    what = "the input" if blocked.stage == "input" else "the model's reply"
-    return [
-        text_part(f"rejected: the guard judged {what} unsafe: {names}"),
-        data_part(
-            {
-                "reason": "content-blocked",
-                "stage": blocked.stage,
-                "categories": [c.to_dict() for c in blocked.categories],
-                "indices": list(blocked.indices),
-            }
-        ),
-    ]
-
-
-def _guard_failure(exc: GuardError) -> list[Part]:
-    return [
-        text_part(
-            f"the guard could not judge the request ({exc.kind}); refusing rather than "
-            f"answering unscreened; retry after {exc.retry_after} s"
-        ),
-        data_part(
-            {"reason": "guard-unavailable", "kind": exc.kind, "retry_after": exc.retry_after}
-        ),
-    ]

@@ -10,19 +10,21 @@ own error (invalid params, or content type not supported for file parts).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Protocol
 
 from a2a.types import Message as A2AMessage
-from a2a.types import Part
+from a2a.types import Part, SendMessageRequest
 from a2a.utils.errors import ContentTypeNotSupportedError, InvalidParamsError
 from google.protobuf.json_format import MessageToDict
 
 from service.config import Settings
-from service.guard.types import Message
-from service.models.registry import UnknownModelError
-from service.core.pipeline import GuardedPipeline, InputLimitError
+from service.core.errors import ServiceError
+from service.core.limits import ItemPath, LimitExceeded
+from service.core.outcomes import ClassifyOutcome, ModerationOutcome
+from service.core.pipeline import GuardedPipeline
+from service.guard.scanner import Message
 
 SENTIMENT_CNN = "sentiment-cnn"
 SENTIMENT_MOE = "sentiment-moe"
@@ -32,8 +34,6 @@ DEFAULT_SKILL = SENTIMENT_CNN
 
 DATA_KEYS = frozenset({"texts", "text", "model", "skill", "messages"})
 ROLES = ("user", "assistant")
-
-Operation = Literal["classify", "moderate"]
 
 
 @dataclass(frozen=True)
@@ -93,15 +93,52 @@ SKILLS: dict[str, SkillInfo] = {
 }
 
 
-@dataclass(frozen=True)
-class Job:
-    """What one message asks for, validated."""
+class Outcome(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def summary(self) -> str: ...
+
+
+class Job(Protocol):
+    """What one message asks for, validated: a core operation and its arguments."""
 
     skill: str
-    operation: Operation
-    texts: tuple[str, ...] = ()
-    model: str | None = None  # classification: the model to run
-    conversation: tuple[Message, ...] = ()  # moderation of one conversation
+
+    def working_text(self) -> str: ...
+
+    async def run(self, pipeline: GuardedPipeline) -> Outcome: ...
+
+
+@dataclass(frozen=True)
+class ClassifyJob:
+    skill: str
+    texts: tuple[str, ...]
+    model: str
+
+    def working_text(self) -> str:
+        return f"screening {_count(self.texts)} with the guard and classifying with {self.model}"
+
+    async def run(self, pipeline: GuardedPipeline) -> ClassifyOutcome:
+        return await pipeline.classify(self.texts, self.model)
+
+
+@dataclass(frozen=True)
+class ModerateJob:
+    skill: str
+    conversations: tuple[tuple[Message, ...], ...]
+    one_conversation: bool  # a data part's "messages", not one text per conversation
+
+    def working_text(self) -> str:
+        if self.one_conversation:
+            return f"judging a conversation of {len(self.conversations[0])} messages with the guard"
+        return f"judging {_count(self.conversations)} with the guard"
+
+    async def run(self, pipeline: GuardedPipeline) -> ModerationOutcome:
+        return await pipeline.moderate(self.conversations)
+
+
+def _count(items: Sequence[object]) -> str:
+    return f"{len(items)} text{'s' if len(items) != 1 else ''}"
 
 
 def skill_model(skill: str, settings: Settings) -> str:
@@ -109,6 +146,18 @@ def skill_model(skill: str, settings: Settings) -> str:
     if skill == SENTIMENT_MOE:
         return settings.a2a_moe_model
     return settings.a2a_cnn_model or settings.default_model
+
+
+def job_parser(
+    pipeline: GuardedPipeline, settings: Settings
+) -> Callable[[SendMessageRequest], Job]:
+    """The function that validates a SendMessage request into its Job."""
+
+    def parse(request: SendMessageRequest) -> Job:
+        metadata = MessageToDict(request.metadata) if request.HasField("metadata") else {}
+        return parse_job(request.message, metadata, pipeline, settings)
+
+    return parse
 
 
 def parse_job(
@@ -138,12 +187,15 @@ def parse_job(
             raise _invalid("send either 'messages' (one conversation) or texts, not both")
         try:
             if conversation:
-                pipeline.check_messages(conversation)
+                pipeline.limits.check_conversation(conversation)
             else:
-                pipeline.check_texts(texts)
-        except InputLimitError as exc:
-            raise _limits(exc) from None
-        return Job(skill, "moderate", texts=tuple(texts), conversation=tuple(conversation))
+                pipeline.limits.check_texts(texts)
+        except LimitExceeded as exc:
+            raise protocol_error(exc) from None
+        if conversation:
+            return ModerateJob(skill, (tuple(conversation),), one_conversation=True)
+        conversations = tuple((Message("user", text),) for text in texts)
+        return ModerateJob(skill, conversations, one_conversation=False)
 
     if "messages" in data:
         raise _invalid(f"'messages' belongs to the moderation skill, not {skill!r}")
@@ -152,17 +204,11 @@ def parse_job(
         raise _invalid("'model' must be a non-empty string")
     model = model or skill_model(skill, settings)
     try:
-        pipeline.check_texts(texts)
-    except InputLimitError as exc:
-        raise _limits(exc) from None
-    try:
+        pipeline.limits.check_texts(texts)
         pipeline.model_info(model)
-    except UnknownModelError as exc:
-        raise InvalidParamsError(
-            message=f"no model named {model!r}; available: {', '.join(exc.available)}",
-            data={"model": model, "available": list(exc.available)},
-        ) from None
-    return Job(skill, "classify", texts=tuple(texts), model=model)
+    except ServiceError as exc:
+        raise protocol_error(exc) from None
+    return ClassifyJob(skill, tuple(texts), model)
 
 
 def _read_part(part: Part, index: int) -> tuple[list[str], dict[str, Any]]:
@@ -238,21 +284,20 @@ def _invalid(message: str) -> InvalidParamsError:
     return InvalidParamsError(message=message)
 
 
-def _limits(exc: InputLimitError) -> InvalidParamsError:
-    # The shape every A2A transport renders as field violations: {"field", "message"}.
-    errors = [{"field": _field(error["loc"]), "message": error["msg"]} for error in exc.errors]
-    return InvalidParamsError(message=str(exc), data={"errors": errors})
+def protocol_error(exc: ServiceError) -> InvalidParamsError:
+    """A request the core refuses before any work starts, as the protocol's error (the
+    table's A2A outcome for these is invalid-params)."""
+    if exc.spec.a2a != "invalid-params":
+        raise TypeError(f"{exc.problem} is not refused before a task exists") from exc
+    if isinstance(exc, LimitExceeded):
+        # The shape every A2A transport renders as field violations: {"field", "message"}.
+        errors = [{"field": _field(v.item), "message": v.reason} for v in exc.violations]
+        return InvalidParamsError(message=exc.message, data={"errors": errors})
+    return InvalidParamsError(message=exc.message, data=exc.details())
 
 
-def _field(loc: Sequence[Any]) -> str:
+def _field(item: ItemPath) -> str:
     field = ""
-    for item in loc:
-        field += f"[{item}]" if isinstance(item, int) else (f".{item}" if field else str(item))
+    for part in item:
+        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
     return field
-
-
-def summary_of(items: Sequence[str], limit: int = 10) -> str:
-    """Join short per-text summaries, counting instead of listing past ``limit``."""
-    if len(items) <= limit:
-        return "; ".join(items)
-    return "; ".join(items[:limit]) + f"; ... ({len(items) - limit} more)"

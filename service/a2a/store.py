@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from a2a.auth.user import User
-from a2a.server.agent_execution.active_task import TERMINAL_TASK_STATES
 from a2a.server.context import ServerCallContext
-from a2a.server.owner_resolver import resolve_user_scope
 from a2a.server.tasks import DatabaseTaskStore, InMemoryTaskStore, TaskStore
 from a2a.types import Task
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from service.a2a.sdk_compat import TERMINAL_TASK_STATES, resolve_user_scope
 
 logger = logging.getLogger("service.a2a.store")
 

@@ -1,17 +1,20 @@
-"""GuardedPipeline: the one path from a request to a model and back.
+"""GuardedPipeline: the one path from a request to a model or the guard, and back.
 
-Every entry point (REST, A2A) calls :meth:`GuardedPipeline.classify`; nothing else holds the
-model registry. For a batch of texts it:
+Every front end (REST, A2A) calls its operations; nothing else holds the model registry or
+the scanner. ``classify`` takes a batch of texts and:
 
-1. screens each text as the user's message (``Guard.screen_input``), all concurrently, while
-   the model runs in a worker thread (``ModelRegistry.predict`` is blocking CPU work);
+1. screens each text as the user's message, all concurrently, while the model runs in a
+   worker thread (``ModelRegistry.predict`` is blocking CPU work);
 2. if any input screen blocks or fails, abandons the inference (its result is never read);
-3. screens each text's rendered result as the assistant's reply (``Guard.screen_output``);
+3. screens each text's rendered result as the assistant's reply;
 4. returns the results only when every screen of both stages passed.
 
-A blocked screen raises :class:`ContentBlocked`; a guard that cannot answer raises
-``GuardError`` (fail closed); the whole call is bounded by ``settings.request_timeout``
-(:class:`RequestTimeout`).
+``moderate`` is the guard as a service: the verdict on each of several conversations.
+
+Failures are :mod:`service.core.errors`: a blocked screen raises ``ContentBlocked``, a guard
+that cannot answer ``GuardError`` (fail closed), a limit ``LimitExceeded``, an unknown model
+``UnknownModelError``; the whole call is bounded by ``settings.request_timeout``
+(``RequestTimeout``).
 """
 
 from __future__ import annotations
@@ -22,23 +25,30 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 from prometheus_client import Counter, Histogram
 
 from service.config import Settings
-from service.guard.types import Category, GuardError, Message, Verdict
+from service.core.errors import ContentBlocked, RequestTimeout, ServiceError, Stage
+from service.core.limits import Limits
+from service.core.outcomes import (
+    ClassifyOutcome,
+    ModerationOutcome,
+    TextResult,
+    Timing,
+    render_prediction,
+)
+from service.guard.metrics import GUARD_CALLS
+from service.guard.scanner import GuardError, Message, Scanner, ScanResult, ScanStatus
 from service.models.batching import Batcher
 
 if TYPE_CHECKING:
-    from service.guard import Guard
     from service.models.registry import ModelInfo, ModelRegistry, Prediction
 
 logger = logging.getLogger("service.core.pipeline")
 
-Stage = Literal["input", "output"]
 T = TypeVar("T")
 
 # Set while a pipeline call is running; the registry is only ever called inside one. Tests
@@ -75,95 +85,17 @@ BATCH_TEXTS = Histogram(
 )
 
 
-class ContentBlocked(Exception):
-    """The guard judged an input text, or the reply to it, unsafe under the policy."""
-
-    def __init__(self, stage: Stage, verdicts: dict[int, Verdict]) -> None:
-        self.stage: Stage = stage
-        self.verdicts = verdicts  # index of each blocked text -> its verdict
-        self.indices = tuple(sorted(verdicts))
-        seen: dict[str, Category] = {}
-        for index in self.indices:
-            for category in verdicts[index].categories:
-                seen.setdefault(category.code, category)
-        self.categories: tuple[Category, ...] = tuple(seen.values())
-        codes = ",".join(category.code for category in self.categories)
-        super().__init__(f"{stage} blocked by the guard ({codes}) for texts {list(self.indices)}")
-
-
-class RequestTimeout(Exception):
-    """The whole pipeline call took longer than ``settings.request_timeout``."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"no answer within the request timeout of {seconds:g} s")
-        self.seconds = seconds
-
-
-class InputLimitError(ValueError):
-    """The texts break a request limit (count, length, emptiness).
-
-    ``errors`` follows pydantic's error shape (``loc``, ``msg``, ``type``) with locations
-    relative to the request, e.g. ``("texts", 3)``, so entry points can report them as field
-    errors.
-    """
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__("; ".join(str(error["msg"]) for error in errors))
-        self.errors = errors
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Wall times in milliseconds. The input screens overlap inference, so guard_ms +
-    model_ms may exceed total_ms."""
-
-    guard_ms: float  # input screening + output screening, each stage's wall time
-    model_ms: float  # waiting for the model: queueing plus the forward that ran these texts
-    total_ms: float  # the whole pipeline call
-
-    def to_dict(self) -> dict[str, float]:
-        return {
-            "guard_ms": round(self.guard_ms, 3),
-            "model_ms": round(self.model_ms, 3),
-            "total_ms": round(self.total_ms, 3),
-        }
-
-
-@dataclass(frozen=True)
-class TextResult:
-    """One text's prediction together with the verdicts of both of its screens.
-
-    A verdict is None only when that stage's screening is switched off in the settings.
-    """
-
-    prediction: Prediction
-    rendered: str  # what the output screen judged as the assistant's reply
-    input_verdict: Verdict | None
-    output_verdict: Verdict | None
-
-
-@dataclass(frozen=True)
-class ClassifyOutcome:
-    model: ModelInfo
-    results: tuple[TextResult, ...]
-    timing: Timing
-
-
-def render_prediction(prediction: Prediction) -> str:
-    """The short human-readable reply the output screen judges, e.g. ``positive (0.97)``."""
-    return f"{prediction.label} ({prediction.score:.2f})"
-
-
 class GuardedPipeline:
     """Screens, infers and screens again; the only holder of the model registry."""
 
-    def __init__(self, registry: ModelRegistry, guard: Guard, settings: Settings) -> None:
+    def __init__(self, registry: ModelRegistry, scanner: Scanner, settings: Settings) -> None:
         self._registry = registry
-        self._guard = guard
+        self._scanner = scanner
         self._settings = settings
+        self.limits = Limits(max_batch=settings.max_batch, max_text_chars=settings.max_text_chars)
         self._batchers: dict[str, Batcher[Prediction]] = {}
 
-    # --- read-only views for entry points ---------------------------------------------
+    # --- read-only views for front ends -----------------------------------------------
     @property
     def default_model(self) -> str:
         return self._settings.default_model
@@ -175,76 +107,15 @@ class GuardedPipeline:
         """Raises ``UnknownModelError`` for a name that is not loaded."""
         return self._registry.info(name or self._settings.default_model)
 
+    def models(self) -> list[ModelInfo]:
+        return [self._registry.info(name) for name in self._registry.names()]
+
     async def readiness(self) -> dict[str, Any]:
-        """The guard's readiness report (Ollama reachable, guard model present, screens)."""
-        return await self._guard.readiness()
-
-    def check_texts(self, texts: Sequence[str]) -> None:
-        """Raise InputLimitError when the texts break ``max_batch`` / ``max_text_chars``."""
-        settings = self._settings
-        errors: list[dict[str, Any]] = []
-        if not texts:
-            errors.append(
-                {"loc": ("texts",), "msg": "at least one text is required", "type": "too_short"}
-            )
-        if len(texts) > settings.max_batch:
-            errors.append(
-                {
-                    "loc": ("texts",),
-                    "msg": f"{len(texts)} texts; at most {settings.max_batch} per request",
-                    "type": "too_long",
-                    "ctx": {"max_length": settings.max_batch},
-                }
-            )
-            raise InputLimitError(errors)  # not one error per text of a huge batch
-        for index, text in enumerate(texts):
-            error = self._text_error(text)
-            if error:
-                errors.append({"loc": ("texts", index), **error})
-        if errors:
-            raise InputLimitError(errors)
-
-    def check_messages(self, messages: Sequence[Message]) -> None:
-        """Raise InputLimitError when a conversation breaks the limits (``max_batch``
-        messages, ``max_text_chars`` each)."""
-        errors: list[dict[str, Any]] = []
-        if not messages:
-            errors.append(
-                {"loc": ("messages",), "msg": "at least one message is required",
-                 "type": "too_short"}
-            )  # fmt: skip
-        if len(messages) > self._settings.max_batch:
-            errors.append(
-                {
-                    "loc": ("messages",),
-                    "msg": f"{len(messages)} messages; at most {self._settings.max_batch}",
-                    "type": "too_long",
-                    "ctx": {"max_length": self._settings.max_batch},
-                }
-            )
-            raise InputLimitError(errors)
-        for index, message in enumerate(messages):
-            error = self._text_error(message.content)
-            if error:
-                errors.append({"loc": ("messages", index, "content"), **error})
-        if errors:
-            raise InputLimitError(errors)
-
-    def _text_error(self, text: object) -> dict[str, Any] | None:
-        limit = self._settings.max_text_chars
-        if not isinstance(text, str) or not text.strip():
-            return {"msg": "text must be a non-blank string", "type": "string_too_short"}
-        if len(text) > limit:
-            return {
-                "msg": f"{len(text)} characters; at most {limit}",
-                "type": "string_too_long",
-                "ctx": {"max_length": limit},
-            }
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates ("\ud800") pass JSON but are not text
-            return {"msg": "text is not valid Unicode (lone surrogate)", "type": "string_unicode"}
-        return None
+        """The scanner's readiness report, with which screens are on."""
+        state = await self._scanner.readiness()
+        state["screen_input"] = self._settings.guard_screen_input
+        state["screen_output"] = self._settings.guard_screen_output
+        return state
 
     async def warm_up(self) -> None:
         """Run each model once on a dummy text, so the first request does not pay for lazy
@@ -260,35 +131,41 @@ class GuardedPipeline:
     async def classify(self, texts: Sequence[str], model: str | None = None) -> ClassifyOutcome:
         """Classify ``texts`` with ``model`` (default: settings.default_model), both screens.
 
-        Raises InputLimitError, UnknownModelError, ContentBlocked, GuardError, RequestTimeout.
+        Raises LimitExceeded, UnknownModelError, ContentBlocked, GuardError, RequestTimeout.
         """
         texts = list(texts)
-        self.check_texts(texts)
+        self.limits.check_texts(texts)
         info = self.model_info(model)  # unknown model: refused before anything runs
         token = pipeline_call.set("classify")
         try:
             result = await self._bounded(self._classify(texts, info))
         except BaseException as error:
-            PIPELINE_OUTCOMES.labels("classify", info.name, _failure_outcome(error)).inc()
+            _count_failure("classify", info.name, error)
             raise
         finally:
             pipeline_call.reset(token)
         PIPELINE_OUTCOMES.labels("classify", info.name, "ok").inc()
         return result
 
-    async def moderate(self, messages: Sequence[Message]) -> Verdict:
-        """The guard's verdict on a conversation (the moderation service).
+    async def moderate(self, conversations: Sequence[Sequence[Message]]) -> ModerationOutcome:
+        """The guard's verdict on each conversation (the moderation service); an unsafe
+        verdict is an answer here, not a refusal.
 
-        Raises InputLimitError, GuardError, RequestTimeout."""
-        messages = list(messages)
-        self.check_messages(messages)
+        Raises LimitExceeded, GuardError, RequestTimeout."""
+        items = [tuple(conversation) for conversation in conversations]
+        self.limits.check_count(len(items), ("conversations",), "conversations")
+        for index, conversation in enumerate(items):
+            self.limits.check_conversation(conversation, at=("conversations", index, "messages"))
+        started = time.perf_counter()
         try:
-            verdict = await self._bounded(self._guard.screen(messages))
+            results = await self._bounded(_all(self._scanner.scan(c) for c in items))
+            _raise_for_errors(results)
         except BaseException as error:
-            PIPELINE_OUTCOMES.labels("moderate", "-", _failure_outcome(error)).inc()
+            _count_failure("moderate", "-", error)
             raise
-        PIPELINE_OUTCOMES.labels("moderate", "-", "blocked" if verdict.blocked else "ok").inc()
-        return verdict
+        outcome = "blocked" if any(result.blocked for result in results) else "ok"
+        PIPELINE_OUTCOMES.labels("moderate", "-", outcome).inc()
+        return ModerationOutcome(tuple(results), _ms_since(started))
 
     # --- internals -----------------------------------------------------------------------
     async def _bounded(self, work: Awaitable[T]) -> T:
@@ -308,9 +185,9 @@ class GuardedPipeline:
         inference.add_done_callback(_retrieve)
         try:
             input_started = time.perf_counter()
-            input_verdicts = await _all(self._guard.screen_input(text) for text in texts)
+            input_screens = await _all(self._screen_input(text) for text in texts)
             input_ms = _ms_since(input_started)
-            _raise_if_blocked("input", input_verdicts)
+            _raise_unless_passed("input", input_screens)
         except BaseException:
             # Unsafe input or no verdict: the model's answer must never be read.
             inference.cancel()
@@ -320,16 +197,15 @@ class GuardedPipeline:
             raise RuntimeError(f"model {info.name} gave {len(predictions)} for {len(texts)}")
         rendered = [render_prediction(prediction) for prediction in predictions]
         output_started = time.perf_counter()
-        output_verdicts = await _all(
-            self._guard.screen_output(text, reply)
-            for text, reply in zip(texts, rendered, strict=True)
+        output_screens = await _all(
+            self._screen_output(text, reply) for text, reply in zip(texts, rendered, strict=True)
         )
         output_ms = _ms_since(output_started)
-        _raise_if_blocked("output", output_verdicts)
+        _raise_unless_passed("output", output_screens)
         results = tuple(
-            TextResult(prediction, reply, verdict_in, verdict_out)
-            for prediction, reply, verdict_in, verdict_out in zip(
-                predictions, rendered, input_verdicts, output_verdicts, strict=True
+            TextResult(prediction, reply, screen_in, screen_out)
+            for prediction, reply, screen_in, screen_out in zip(
+                predictions, rendered, input_screens, output_screens, strict=True
             )
         )
         timing = Timing(
@@ -340,6 +216,18 @@ class GuardedPipeline:
             extra={"model": info.name, "texts": len(texts), "timing": timing.to_dict()},
         )
         return ClassifyOutcome(model=info, results=results, timing=timing)
+
+    async def _screen_input(self, text: str) -> ScanResult:
+        if not self._settings.guard_screen_input:
+            GUARD_CALLS.labels("input", "skipped").inc()
+            return ScanResult.skipped(self._scanner.model)
+        return await self._scanner.scan((Message("user", text),))
+
+    async def _screen_output(self, text: str, reply: str) -> ScanResult:
+        if not self._settings.guard_screen_output:
+            GUARD_CALLS.labels("output", "skipped").inc()
+            return ScanResult.skipped(self._scanner.model)
+        return await self._scanner.scan((Message("user", text), Message("assistant", reply)))
 
     async def _predict(self, name: str, texts: list[str]) -> tuple[list[Prediction], float]:
         started = time.perf_counter()
@@ -366,15 +254,14 @@ class GuardedPipeline:
             await batcher.aclose()
 
 
-def _failure_outcome(error: BaseException) -> str:
-    """The pipeline_requests_total outcome label of a call that raised ``error``."""
-    if isinstance(error, ContentBlocked):
-        return f"blocked_{error.stage}"
+def _count_failure(operation: str, model: str, error: BaseException) -> None:
+    """Count a failed call, and log the failures an operator should see."""
+    outcome = error.metric_outcome() if isinstance(error, ServiceError) else "error"
+    PIPELINE_OUTCOMES.labels(operation, model, outcome).inc()
     if isinstance(error, GuardError):
-        return "guard_error"
-    if isinstance(error, RequestTimeout):
-        return "timeout"
-    return "error"
+        logger.warning("guard unavailable", extra=error.to_dict())
+    elif isinstance(error, RequestTimeout):
+        logger.warning("request timed out", extra={"timeout_s": error.seconds})
 
 
 async def _all(awaitables: Any) -> list[Any]:
@@ -409,12 +296,17 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-def _raise_if_blocked(stage: Stage, verdicts: Sequence[Verdict | None]) -> None:
-    blocked = {
-        index: verdict
-        for index, verdict in enumerate(verdicts)
-        if verdict is not None and verdict.blocked
-    }
+def _raise_for_errors(results: Sequence[ScanResult]) -> None:
+    """Fail closed: the first screen that got no verdict refuses the whole call."""
+    for result in results:
+        if result.status is ScanStatus.ERROR:
+            assert result.error is not None  # set with status ERROR, see ScanResult.failed
+            raise result.error
+
+
+def _raise_unless_passed(stage: Stage, results: Sequence[ScanResult]) -> None:
+    _raise_for_errors(results)
+    blocked = {index: result for index, result in enumerate(results) if not result.passed}
     if blocked:
         raise ContentBlocked(stage, blocked)
 

@@ -1,6 +1,24 @@
-"""The guardrail layer: Llama Guard 3 on Ollama screens every request and every response."""
+"""The guardrail layer: the screening interface (:mod:`service.guard.scanner`) and Llama Guard
+3 on Ollama as its implementation (:mod:`service.guard.llama_guard`)."""
 
-from service.guard.llama_guard import Guard
-from service.guard.types import Category, GuardError, Message, Verdict
+from service.guard.llama_guard import LlamaGuard
+from service.guard.scanner import (
+    Category,
+    Decision,
+    GuardError,
+    Message,
+    Scanner,
+    ScanResult,
+    ScanStatus,
+)
 
-__all__ = ["Category", "Guard", "GuardError", "Message", "Verdict"]
+__all__ = [
+    "Category",
+    "Decision",
+    "GuardError",
+    "LlamaGuard",
+    "Message",
+    "ScanResult",
+    "ScanStatus",
+    "Scanner",
+]

@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from service.guard.types import Message, Verdict
+from service.guard.scanner import Message, ScanResult
 
 
 def conversation_key(model: str, messages: Sequence[Message]) -> str:
@@ -32,7 +32,7 @@ class VerdictCache:
         self.size = size
         self.ttl = ttl
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, Verdict]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, ScanResult]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -41,7 +41,7 @@ class VerdictCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> Verdict | None:
+    def get(self, key: str) -> ScanResult | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -52,7 +52,7 @@ class VerdictCache:
         self._entries.move_to_end(key)
         return verdict
 
-    def put(self, key: str, verdict: Verdict) -> None:
+    def put(self, key: str, verdict: ScanResult) -> None:
         if not self.enabled:
             return
         self._entries[key] = (self._clock(), verdict)

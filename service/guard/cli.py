@@ -6,8 +6,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from service.guard.llama_guard import Guard
-from service.guard.types import GuardError, Message
+from service.guard.llama_guard import LlamaGuard
+from service.guard.scanner import GuardError, Message
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -27,7 +27,7 @@ async def guard_check(
     conversation = [Message("user", text)]
     if reply is not None:
         conversation.append(Message("assistant", reply))
-    async with Guard(settings) as guard:
+    async with LlamaGuard(settings) as guard:
         try:
             verdict = await guard.screen(conversation)
         except GuardError as error:

@@ -1,9 +1,12 @@
-"""The guard: Llama Guard 3 on Ollama, called through the official ``ollama`` AsyncClient.
+"""Llama Guard 3 on Ollama, called through the official ``ollama`` AsyncClient: one
+implementation of the :class:`~service.guard.scanner.Scanner` interface.
 
-Every screen either returns a :class:`Verdict` or raises :class:`GuardError`; there is no
-path that lets a conversation through without an answer from the guard model (fail closed).
+``scan`` returns a :class:`ScanResult`; when no verdict can be had its status is ``error``
+and its decision ``block`` (fail closed). ``screen`` is the same judgement raising
+:class:`GuardError` instead. There is no path that lets a conversation through without an
+answer from the guard model.
 
-- Input is screened as ``[user: text]``, output as ``[user: text, assistant: reply]``.
+- The caller screens input as ``[user: text]``, output as ``[user: text, assistant: reply]``.
 - Calls use ``/api/chat`` with temperature 0, a small ``num_predict`` and ``keep_alive``.
 - Each attempt is bounded by ``GUARD_TIMEOUT``. Connection-type failures (refused, DNS,
   dropped connection, timeout, HTTP 5xx) are retried ``GUARD_RETRIES`` times with exponential
@@ -36,8 +39,8 @@ from service.guard.metrics import (
     GUARD_LATENCY,
     GUARD_RETRIES,
 )
+from service.guard.scanner import GuardError, Message, ScanResult
 from service.guard.taxonomy import HAZARDS
-from service.guard.types import GuardError, Message, Verdict
 from service.guard.verdict import parse_verdict
 
 if TYPE_CHECKING:  # service.config imports the taxonomy from this package
@@ -49,7 +52,7 @@ _ROLES = ("user", "assistant")
 _MAX_BACKOFF = 10.0  # seconds; one retry never waits longer than this
 
 
-class Guard:
+class LlamaGuard:
     """Screens conversations with the guard model; see the module docstring for the rules."""
 
     def __init__(self, settings: Settings, client: ollama.AsyncClient | None = None) -> None:
@@ -62,7 +65,7 @@ class Guard:
         self._client = client or ollama.AsyncClient(host=settings.ollama_host, timeout=timeout)
         self._semaphore = asyncio.Semaphore(settings.guard_concurrency)
         self._cache = VerdictCache(settings.guard_cache_size, settings.guard_cache_ttl)
-        self._inflight: dict[str, asyncio.Future[Verdict]] = {}
+        self._inflight: dict[str, asyncio.Future[ScanResult]] = {}
         self._block_categories = tuple(settings.guard_block_categories)
         self._options = {"temperature": 0, "num_predict": settings.guard_num_predict}
         self._keep_alive = _keep_alive(settings.guard_keep_alive)
@@ -75,7 +78,7 @@ class Guard:
                     "user text" if stage == "input" else "model output",
                 )
 
-    async def __aenter__(self) -> Guard:
+    async def __aenter__(self) -> LlamaGuard:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -83,29 +86,24 @@ class Guard:
 
     # --- screening ------------------------------------------------------------------------
 
-    async def screen(self, messages: Sequence[Message]) -> Verdict:
+    async def scan(self, conversation: Sequence[Message]) -> ScanResult:
+        """Judge a conversation (the Scanner interface): a guard failure is a result with
+        status error and decision block, not an exception. Raises ValueError when the
+        conversation itself is invalid (empty, or a role other than user/assistant)."""
+        try:
+            return await self.screen(conversation)
+        except GuardError as error:
+            return ScanResult.failed(error, self.model)
+
+    async def screen(self, messages: Sequence[Message]) -> ScanResult:
         """Judge a conversation. Raises GuardError when no verdict can be had (fail closed),
         ValueError when the conversation itself is invalid (empty, or a role other than
-        user/assistant)."""
+        user/assistant). The last turn's role says which stage this is."""
         conversation = _validated(messages)
         stage = "output" if conversation[-1].role == "assistant" else "input"
         return await self._screen(conversation, stage)
 
-    async def screen_input(self, text: str) -> Verdict | None:
-        """Judge the user's text; None when input screening is turned off."""
-        if not self.settings.guard_screen_input:
-            GUARD_CALLS.labels("input", "skipped").inc()
-            return None
-        return await self._screen((Message("user", text),), "input")
-
-    async def screen_output(self, text: str, reply: str) -> Verdict | None:
-        """Judge the reply given to the user's text; None when output screening is off."""
-        if not self.settings.guard_screen_output:
-            GUARD_CALLS.labels("output", "skipped").inc()
-            return None
-        return await self._screen((Message("user", text), Message("assistant", reply)), "output")
-
-    async def _screen(self, conversation: tuple[Message, ...], stage: str) -> Verdict:
+    async def _screen(self, conversation: tuple[Message, ...], stage: str) -> ScanResult:
         started = time.perf_counter()
         key = conversation_key(self.model, conversation)
         hit = self._cache.get(key)
@@ -133,13 +131,13 @@ class Guard:
             verdict = replace(verdict, cached=True, latency_ms=_ms_since(started))
         return self._count(verdict, stage)
 
-    def _call_done(self, key: str, call: asyncio.Future[Verdict]) -> None:
+    def _call_done(self, key: str, call: asyncio.Future[ScanResult]) -> None:
         if self._inflight.get(key) is call:
             del self._inflight[key]
         if not call.cancelled():
             call.exception()  # mark retrieved: errors reach the callers through shield()
 
-    async def _call(self, conversation: tuple[Message, ...], key: str, stage: str) -> Verdict:
+    async def _call(self, conversation: tuple[Message, ...], key: str, stage: str) -> ScanResult:
         """One screen against Ollama, with bounded retries; caches a successful verdict."""
         started = time.perf_counter()
         attempts = 0
@@ -202,7 +200,7 @@ class Guard:
             keep_alive=self._keep_alive,
         )
 
-    def _count(self, verdict: Verdict, stage: str) -> Verdict:
+    def _count(self, verdict: ScanResult, stage: str) -> ScanResult:
         outcome = "safe" if verdict.safe else "blocked" if verdict.blocked else "allowed_unsafe"
         GUARD_CALLS.labels(stage, outcome).inc()
         for category in verdict.categories:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from service.guard.scanner import Category, Decision, GuardError, ScanResult, ScanStatus
 from service.guard.taxonomy import hazard_name
-from service.guard.types import Category, GuardError, Verdict
 
 _CODE = re.compile(r"^S\d+$")
 _SEPARATORS = re.compile(r"[,\s]+")
@@ -65,15 +65,16 @@ def is_blocked(categories: Iterable[Category], block_categories: Iterable[str]) 
     return any(category.code in blocking for category in categories)
 
 
-def parse_verdict(text: str, *, model: str, block_categories: Iterable[str] = ()) -> Verdict:
-    """The verdict for the model's raw answer under the given blocking policy."""
+def parse_verdict(text: str, *, model: str, block_categories: Iterable[str] = ()) -> ScanResult:
+    """The scan result for the model's raw answer under the given blocking policy."""
     safe, categories = parse_answer(text)
-    return Verdict(
-        safe=safe,
-        categories=categories,
-        blocked=not safe and is_blocked(categories, block_categories),
-        model=model,
-    )
+    if safe:
+        return ScanResult(Decision.ALLOW, (), "safe", ScanStatus.OK, model)
+    names = ", ".join(f"{c.code} {c.name}" for c in categories)
+    if is_blocked(categories, block_categories):
+        return ScanResult(Decision.BLOCK, categories, f"unsafe: {names}", ScanStatus.OK, model)
+    reason = f"unsafe, not blocked by the policy: {names}"
+    return ScanResult(Decision.FLAG, categories, reason, ScanStatus.OK, model)
 
 
 def _excerpt(text: str, limit: int = 80) -> str:

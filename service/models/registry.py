@@ -6,10 +6,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from service.core.errors import ServiceError
 from service.models.artifacts import (
     NAMES,
     PACKAGE_ARTIFACTS,
@@ -36,14 +38,21 @@ __all__ = [
 ]
 
 
-class UnknownModelError(KeyError):
-    def __init__(self, name: str, available: Sequence[str]) -> None:
-        super().__init__(name)
-        self.name = name
-        self.available = list(available)
+class UnknownModelError(ServiceError, KeyError):
+    """No model of that name is loaded."""
 
-    def __str__(self) -> str:
+    problem = "model-not-found"
+
+    def __init__(self, name: str, available: Sequence[str]) -> None:
+        self.name = name
+        self.available = sorted(available)
+        super().__init__(f"no model named {name!r}; available: {', '.join(self.available)}")
+
+    def __str__(self) -> str:  # for the command line; KeyError's own would quote the name
         return f"unknown model {self.name!r}; available: {', '.join(self.available)}"
+
+    def details(self) -> dict[str, Any]:
+        return {"model": self.name, "available": self.available}
 
 
 @dataclass(frozen=True)

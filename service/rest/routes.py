@@ -1,19 +1,25 @@
-"""REST routes: /v1 (classify, models, moderate), health, readiness, metrics, problem docs.
+"""REST front end: /v1 (classify, models, moderate), health, readiness, metrics, problem docs.
 
-Routes reach models and the guard only through the GuardedPipeline on ``app.state``.
+:func:`create_routers` is given the pipeline by the composition root (``service.app``) and
+closes over it; a route reaches the models and the guard only through it. Each route is a
+thin codec: body -> core operation -> ``outcome.to_dict()``; core failures become problem
+documents by the one handler in :mod:`service.web.problems`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from service.web.problems import PROBLEM_TYPES, problem_response
+from service.config import Settings
+from service.core.errors import ERRORS
+from service.core.limits import ItemPath, LimitExceeded
+from service.core.pipeline import GuardedPipeline
+from service.guard.scanner import Message
 from service.rest.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -24,9 +30,7 @@ from service.rest.schemas import (
     Problem,
     ReadinessResponse,
 )
-from service.config import Settings
-from service.guard.types import Message
-from service.core.pipeline import ClassifyOutcome, GuardedPipeline, InputLimitError
+from service.web.problems import problem_response
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
@@ -34,114 +38,102 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-# Coroutines, not plain functions: FastAPI runs a plain-function dependency in its thread
-# pool, a thread hop per request for a single attribute read.
-async def get_pipeline(request: Request) -> GuardedPipeline:
-    return request.app.state.pipeline
+def _single_text(_: ItemPath) -> ItemPath:
+    return ("text",)
 
 
-async def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
+def _conversation_messages(item: ItemPath) -> ItemPath:
+    # ("conversations", 0, "messages", i, "content") -> ("messages", i, "content")
+    return item[2:] if item[:1] == ("conversations",) and len(item) > 2 else ("messages",)
 
 
-PipelineDep = Annotated[GuardedPipeline, Depends(get_pipeline)]
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+def create_routers(pipeline: GuardedPipeline, settings: Settings) -> list[APIRouter]:
+    """The /v1 routes and the operations routes, over ``pipeline``."""
+    # Full paths, no router prefix: the route object then carries the public path, which
+    # the metrics use as their route label.
+    v1 = APIRouter(tags=["v1"])
+    ops = APIRouter(tags=["operations"])
 
+    @v1.post(
+        "/v1/classify",
+        summary="Classify the sentiment of one or more texts, with both guard screens",
+        response_model=ClassifyResponse,
+        responses=PROBLEM_RESPONSES,
+    )
+    async def classify(body: ClassifyRequest) -> JSONResponse:
+        try:
+            outcome = await pipeline.classify(body.items(), body.model)
+        except LimitExceeded as exc:
+            if body.text is not None:  # report against the field the caller actually sent
+                raise exc.relocated(_single_text) from None
+            raise
+        return JSONResponse(outcome.to_dict())
 
-# Full paths, no router prefix: the route object then carries the public path, which the
-# metrics use as their route label.
-v1 = APIRouter(tags=["v1"])
-ops = APIRouter(tags=["operations"])
+    @v1.get(
+        "/v1/models", summary="The loaded models and the default", response_model=ModelsResponse
+    )
+    async def models() -> JSONResponse:
+        default = pipeline.default_model
+        listing = [
+            {**info.to_dict(), "default": info.name == default} for info in pipeline.models()
+        ]
+        return JSONResponse({"default": default, "models": listing})
 
+    @v1.post(
+        "/v1/moderate",
+        summary="The guard as a service: Llama Guard's verdict on a text or a conversation",
+        response_model=ModerateResponse,
+        responses=PROBLEM_RESPONSES,
+    )
+    async def moderate(body: ModerateRequest) -> JSONResponse:
+        if body.text is not None:
+            conversation = [Message(role="user", content=body.text)]
+            locate = _single_text
+        else:
+            conversation = [Message(role=m.role, content=m.content) for m in body.messages or []]
+            locate = _conversation_messages
+        try:
+            outcome = await pipeline.moderate([conversation])
+        except LimitExceeded as exc:
+            raise exc.relocated(locate) from None
+        return JSONResponse({**outcome.results[0].to_dict(), "timing": outcome.timing()})
 
-@v1.post(
-    "/v1/classify",
-    summary="Classify the sentiment of one or more texts, with both guard screens",
-    response_model=ClassifyResponse,
-    responses=PROBLEM_RESPONSES,
-)
-async def classify(body: ClassifyRequest, pipeline: PipelineDep) -> JSONResponse:
-    texts = body.items()
-    try:
-        outcome = await pipeline.classify(texts, body.model)
-    except InputLimitError as exc:
-        if body.text is not None:  # report against the field the caller actually sent
-            for error in exc.errors:
-                error["loc"] = ("text", *error["loc"][2:])
-        raise
-    return JSONResponse(classify_answer(outcome))
+    @ops.get("/healthz", summary="Liveness: the process answers", response_model=HealthResponse)
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
 
+    @ops.get(
+        "/readyz",
+        summary="Readiness: models loaded, Ollama reachable, guard model present",
+        response_model=ReadinessResponse,
+        responses={503: {"model": Problem, "content": {"application/problem+json": {}}}},
+    )
+    async def readyz(request: Request) -> JSONResponse:
+        return await _readiness(request, pipeline, settings)
 
-def classify_answer(outcome: ClassifyOutcome) -> dict[str, Any]:
-    return {
-        "model": {"name": outcome.model.name, "version": outcome.model.version},
-        "results": [
+    @ops.get("/metrics", summary="Prometheus metrics (text exposition format)")
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @ops.get("/problems/{slug}", summary="What a problem type means", include_in_schema=True)
+    async def problem_type(slug: str, request: Request) -> JSONResponse:
+        spec = ERRORS.get(slug)
+        if spec is None:
+            return problem_response(request, 404, None, f"no problem type {slug!r}")
+        return JSONResponse(
             {
-                "index": index,
-                "label": result.prediction.label,
-                "score": result.prediction.score,
-                "probabilities": result.prediction.probabilities,
-                "screens": {
-                    "input": result.input_verdict.to_dict() if result.input_verdict else None,
-                    "output": result.output_verdict.to_dict() if result.output_verdict else None,
-                },
+                "type": spec.uri,
+                "title": spec.title,
+                "status": spec.status,
+                "description": spec.description,
             }
-            for index, result in enumerate(outcome.results)
-        ],
-        "timing": outcome.timing.to_dict(),
-    }
+        )
+
+    return [v1, ops]
 
 
-@v1.get("/v1/models", summary="The loaded models and the default", response_model=ModelsResponse)
-async def models(pipeline: PipelineDep) -> JSONResponse:
-    default = pipeline.default_model
-    listing = []
-    for name in pipeline.model_names():
-        info = pipeline.model_info(name).to_dict()
-        info["default"] = name == default
-        listing.append(info)
-    return JSONResponse({"default": default, "models": listing})
-
-
-@v1.post(
-    "/v1/moderate",
-    summary="The guard as a service: Llama Guard's verdict on a text or a conversation",
-    response_model=ModerateResponse,
-    responses=PROBLEM_RESPONSES,
-)
-async def moderate(body: ModerateRequest, pipeline: PipelineDep) -> JSONResponse:
-    if body.text is not None:
-        messages = [Message(role="user", content=body.text)]
-    else:
-        messages = [Message(role=m.role, content=m.content) for m in body.messages or []]
-    started = time.perf_counter()
-    try:
-        verdict = await pipeline.moderate(messages)
-    except InputLimitError as exc:
-        if body.text is not None:  # report against the field the caller actually sent
-            for error in exc.errors:
-                error["loc"] = ("text",)
-        raise
-    answer = verdict.to_dict()
-    answer["timing"] = {"total_ms": round((time.perf_counter() - started) * 1000.0, 3)}
-    return JSONResponse(answer)
-
-
-@ops.get("/healthz", summary="Liveness: the process answers", response_model=HealthResponse)
-async def healthz() -> JSONResponse:
-    return JSONResponse({"status": "ok"})
-
-
-@ops.get(
-    "/readyz",
-    summary="Readiness: models loaded, Ollama reachable, guard model present",
-    response_model=ReadinessResponse,
-    responses={503: {"model": Problem, "content": {"application/problem+json": {}}}},
-)
-async def readyz(
-    request: Request,
-    pipeline: PipelineDep,
-    settings: SettingsDep,
+async def _readiness(
+    request: Request, pipeline: GuardedPipeline, settings: Settings
 ) -> JSONResponse:
     names = pipeline.model_names()
     checks: dict[str, Any] = {
@@ -181,24 +173,4 @@ async def readyz(
         f"failing checks: {', '.join(failing)}",
         ready=False,
         checks=checks,
-    )
-
-
-@ops.get("/metrics", summary="Prometheus metrics (text exposition format)")
-async def metrics() -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-
-@ops.get("/problems/{slug}", summary="What a problem type means", include_in_schema=True)
-async def problem_type(slug: str, request: Request) -> JSONResponse:
-    kind = PROBLEM_TYPES.get(slug)
-    if kind is None:
-        return problem_response(request, 404, None, f"no problem type {slug!r}")
-    return JSONResponse(
-        {
-            "type": kind.uri,
-            "title": kind.title,
-            "status": kind.status,
-            "description": kind.description,
-        }
     )

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.web.problems import problem_response
 from service.config import Settings
+from service.web.problems import problem_response
 
 logger = logging.getLogger("service.auth")
 

@@ -13,9 +13,9 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.logging import reset_request_id, set_request_id
 from service.web.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
 from service.web.problems import internal_error_response, problem_response
-from service.logging import reset_request_id, set_request_id
 
 access_logger = logging.getLogger("service.access")
 error_logger = logging.getLogger("service.api")

@@ -1,15 +1,15 @@
 """Errors as RFC 9457 problem documents (``application/problem+json``).
 
 Every refusal the service makes has a problem type under ``/problems/<slug>`` (a relative URI
-reference, resolved against the service's own URL; GET on it returns the description below).
-Plain HTTP errors without extra meaning (unknown route, wrong method) use ``about:blank``
-with the status phrase as title, as the RFC recommends.
+reference, resolved against the service's own URL), read from the one error table
+(:data:`service.core.errors.ERRORS`; GET on a type returns its description). Plain HTTP errors
+without extra meaning (unknown route, wrong method) use ``about:blank`` with the status
+phrase as title, as the RFC recommends.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -19,87 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.guard.types import GuardError
+from service.core.errors import ERRORS, InternalError, ServiceError
+from service.core.limits import LimitExceeded, Violation
 from service.logging import get_request_id
-from service.models.registry import UnknownModelError
-from service.core.pipeline import ContentBlocked, InputLimitError, RequestTimeout
 
-logger = logging.getLogger("service.api")
+logger = logging.getLogger("service.web")
 
 PROBLEM_JSON = "application/problem+json"
-PROBLEM_BASE = "/problems/"
-
-
-@dataclass(frozen=True)
-class ProblemType:
-    slug: str
-    title: str
-    status: int
-    description: str
-
-    @property
-    def uri(self) -> str:
-        return PROBLEM_BASE + self.slug
-
-
-PROBLEM_TYPES: dict[str, ProblemType] = {
-    p.slug: p
-    for p in (
-        ProblemType(
-            "content-blocked",
-            "Content blocked by the guard",
-            400,
-            "Llama Guard judged the input text (stage 'input') or the model's reply to it "
-            "(stage 'output') unsafe under the service's policy. 'categories' names the "
-            "hazards; 'indices' says which texts of the request were blocked.",
-        ),
-        ProblemType(
-            "validation-error",
-            "Request validation failed",
-            422,
-            "The body is not valid JSON or does not match the schema, or a text or batch "
-            "breaks a size limit. 'errors' lists each problem with its location.",
-        ),
-        ProblemType(
-            "body-too-large",
-            "Request body too large",
-            413,
-            "The request body exceeds MAX_BODY_BYTES; the body was not read beyond the limit.",
-        ),
-        ProblemType(
-            "model-not-found",
-            "Unknown model",
-            404,
-            "No model of that name is loaded; 'available' lists the loaded ones.",
-        ),
-        ProblemType(
-            "guard-unavailable",
-            "Guard unavailable",
-            503,
-            "The guard could not give a verdict (unreachable, timed out, error status, or an "
-            "answer that is not a verdict). The service fails closed: retry after "
-            "'Retry-After' seconds.",
-        ),
-        ProblemType(
-            "request-timeout",
-            "Request timed out",
-            504,
-            "The request was not answered within REQUEST_TIMEOUT seconds.",
-        ),
-        ProblemType(
-            "not-ready",
-            "Service not ready",
-            503,
-            "A readiness check failed; 'checks' says which.",
-        ),
-        ProblemType(
-            "internal-error",
-            "Internal server error",
-            500,
-            "An unexpected error; the log line with this request id has the details.",
-        ),
-    )
-}
 
 
 def problem_response(
@@ -117,8 +43,8 @@ def problem_response(
     if slug is None:
         type_uri, default_title = "about:blank", HTTPStatus(status).phrase
     else:
-        kind = PROBLEM_TYPES[slug]
-        type_uri, default_title = kind.uri, kind.title
+        spec = ERRORS[slug]
+        type_uri, default_title = spec.uri, spec.title
     body: dict[str, Any] = {
         "type": type_uri,
         "title": title or default_title,
@@ -160,59 +86,36 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, 422, "validation-error", detail, errors=errors)
 
 
-async def _input_limit(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, InputLimitError)
-    errors = _clean_errors(exc.errors, prefix=("body",))
-    return problem_response(request, 422, "validation-error", str(exc), errors=errors)
+def violation_errors(violations: tuple[Violation, ...]) -> list[dict[str, Any]]:
+    """Limit violations in pydantic's error shape, located in the request body."""
+    errors = []
+    for violation in violations:
+        error: dict[str, Any] = {
+            "loc": ["body", *violation.item],
+            "msg": violation.reason,
+            "type": violation.code,
+        }
+        if violation.limit is not None:
+            error["ctx"] = {"max_length": str(violation.limit)}
+        errors.append(error)
+    return errors
 
 
-async def _content_blocked(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ContentBlocked)
-    names = ", ".join(f"{c.code} {c.name}" for c in exc.categories)
-    what = "the input" if exc.stage == "input" else "the model's reply"
+def service_error_response(request: Request | None, error: ServiceError, path: str) -> JSONResponse:
+    """A core failure as its problem document, read from the one table."""
+    spec = error.spec
+    extensions = error.details()
+    if isinstance(error, LimitExceeded):
+        extensions = {"errors": violation_errors(error.violations)}
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
     return problem_response(
-        request,
-        400,
-        "content-blocked",
-        f"the guard judged {what} unsafe: {names}",
-        stage=exc.stage,
-        categories=[{"code": c.code, "name": c.name} for c in exc.categories],
-        indices=list(exc.indices),
+        request, spec.status, spec.slug, error.message, headers=headers, path=path, **extensions
     )
 
 
-async def _guard_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, GuardError)
-    logger.warning("guard unavailable", extra={"kind": exc.kind, "detail": exc.detail})
-    return problem_response(
-        request,
-        503,
-        "guard-unavailable",
-        f"the guard could not judge the request ({exc.kind}); refusing rather than "
-        "answering unscreened",
-        headers={"Retry-After": str(exc.retry_after)},
-        kind=exc.kind,
-        retry_after=exc.retry_after,
-    )
-
-
-async def _unknown_model(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, UnknownModelError)
-    available = sorted(getattr(exc, "available", ()) or ())
-    return problem_response(
-        request,
-        404,
-        "model-not-found",
-        f"no model named {getattr(exc, 'name', '')!r}; available: {', '.join(available)}",
-        model=getattr(exc, "name", None),
-        available=available,
-    )
-
-
-async def _timeout(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestTimeout)
-    logger.warning("request timed out", extra={"timeout_s": exc.seconds})
-    return problem_response(request, 504, "request-timeout", str(exc), headers={"Retry-After": "1"})
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return service_error_response(request, exc, request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -235,18 +138,12 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def internal_error_response(path: str) -> JSONResponse:
     """The 500 answer: no stack trace, only the request id to find it in the log."""
-    return problem_response(
-        None, 500, "internal-error", "unexpected error while handling the request", path=path
-    )
+    return service_error_response(None, InternalError(), path)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem document."""
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(InputLimitError, _input_limit)
-    app.add_exception_handler(ContentBlocked, _content_blocked)
-    app.add_exception_handler(GuardError, _guard_error)
-    app.add_exception_handler(UnknownModelError, _unknown_model)
-    app.add_exception_handler(RequestTimeout, _timeout)
+    app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -7,10 +7,10 @@ Routes (URLs in the card follow PUBLIC_URL):
   ``A2A-Version: 1.0``, else 0.3 (method names ``message/send``, ``tasks/get``, ...)
 - ``/a2a/rest/...``                      HTTP+JSON 1.0 (``/message:send``, ``/tasks/{id}``,
   ``/tasks``, ``/extendedAgentCard``) and 0.3 (``/v1/message:send``, ``/v1/card``, ...;
-  see :mod:`service.a2a.rest_v03`)
+  see :mod:`service.a2a.sdk_compat`)
 
 One request handler serves them all, with the task store from TASK_STORE_URL; the executor
-reaches the models and the guard only through the app's GuardedPipeline.
+reaches the models and the guard only through the pipeline the composition root hands in.
 """
 
 from __future__ import annotations
@@ -26,38 +26,36 @@ from a2a.server.routes import (
     add_a2a_routes_to_fastapi,
     create_agent_card_routes,
     create_jsonrpc_routes,
-    create_rest_routes,
 )
 from a2a.types import AgentCard
 from fastapi import FastAPI
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 
 from service.a2a.card import CARD_PATH, JSONRPC_PATH, REST_PATH, extended_card, public_card
-from service.a2a.executor import GuardedAgentExecutor, SkillContextBuilder
-from service.a2a.rest_v03 import create_rest_v03_routes
+from service.a2a.executor import GuardedAgentExecutor
+from service.a2a.sdk_compat import JobContextBuilder, create_rest_v03_routes, rest_routes
+from service.a2a.skills import job_parser
 from service.a2a.store import TaskStorage, create_task_storage
 from service.config import Settings
 from service.core.pipeline import GuardedPipeline
 
-logger = logging.getLogger("service.a2a.server")
+logger = logging.getLogger("service.a2a.mount")
 
 
-def mount_a2a(app: FastAPI, settings: Settings) -> None:
-    """Add the agent card, JSON-RPC and HTTP+JSON routes to ``app``, and hook the task
-    store and the handler into the app's lifespan."""
-
-    def pipeline() -> GuardedPipeline:
-        return app.state.pipeline  # set by the app's lifespan
-
+def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> None:
+    """Add the agent card, JSON-RPC and HTTP+JSON routes over ``pipeline`` to ``app``, and
+    hook the task store and the handler into the app's lifespan."""
     card = public_card(settings, app.version)
     storage = create_task_storage(settings.task_store_url, settings.task_store_max_tasks)
     handler = DefaultRequestHandler(
         agent_executor=GuardedAgentExecutor(pipeline),
         task_store=storage.store,
         agent_card=card,
-        request_context_builder=SkillContextBuilder(pipeline, settings),
+        request_context_builder=JobContextBuilder(job_parser(pipeline, settings)),
         extended_agent_card=card if settings.api_tokens else None,
-        extended_card_modifier=_extended_card_modifier(settings, pipeline)
+        extended_card_modifier=_serve(
+            extended_card(card, settings, pipeline.models(), pipeline.default_model)
+        )
         if settings.api_tokens
         else None,
     )
@@ -68,20 +66,13 @@ def mount_a2a(app: FastAPI, settings: Settings) -> None:
     root = Route("/", endpoint=jsonrpc.endpoint, methods=["POST"])
     # Protocol 0.3 first, as the SDK orders them; ours refuse before a stream starts.
     rest: list[BaseRoute] = list(create_rest_v03_routes(handler, path_prefix=REST_PATH))
-    rest += [
-        route
-        for route in create_rest_routes(handler, path_prefix=REST_PATH)
-        # The multi-tenant copy of the routes is mounted at "/{tenant}", which would swallow
-        # every two-segment path of the app; this agent has no tenants.
-        if not isinstance(route, Mount)
-    ]
+    rest += rest_routes(handler, path_prefix=REST_PATH)
     add_a2a_routes_to_fastapi(
         app,
         agent_card_routes=create_agent_card_routes(card, card_url=CARD_PATH),
         jsonrpc_routes=[jsonrpc, root],
         rest_routes=rest,
     )
-    app.state.agent_card = card
     _wrap_lifespan(app, storage, handler)
     if settings.port == 0 and not settings.public_url:
         logger.warning(
@@ -90,18 +81,10 @@ def mount_a2a(app: FastAPI, settings: Settings) -> None:
         )
 
 
-def _extended_card_modifier(
-    settings: Settings, pipeline: Callable[[], GuardedPipeline]
-) -> Callable[[AgentCard, ServerCallContext], Any]:
-    cached: dict[str, AgentCard] = {}
-
-    async def modify(card: AgentCard, _context: ServerCallContext) -> AgentCard:
-        # The models are loaded once at startup, so the extended card is built once.
-        if "card" not in cached:
-            served = pipeline()
-            models = [served.model_info(name) for name in served.model_names()]
-            cached["card"] = extended_card(card, settings, models, served.default_model)
-        return cached["card"]
+def _serve(extended: AgentCard) -> Callable[[AgentCard, ServerCallContext], Any]:
+    # The models are loaded before the app exists, so the extended card is built once.
+    async def modify(_card: AgentCard, _context: ServerCallContext) -> AgentCard:
+        return extended
 
     return modify
 

@@ -1,20 +1,36 @@
-"""The protocol 0.3 HTTP+JSON routes (``/v1/message:send``, ``/v1/message:stream``,
-``/v1/tasks/{id}``, ``/v1/tasks/{id}:subscribe``, ...) under the REST base path.
+"""Every workaround that reaches into a2a-sdk's internals, in one place.
 
-a2a-sdk's 0.3 adapter serves them, with two corrections made here:
+Each relies on something the SDK does not promise; ``tests/test_a2a_sdk_compat.py`` has a test
+per item that fails if the SDK changes under it, and ``pyproject.toml`` pins a2a-sdk to one
+minor release so that such a change is an explicit upgrade.
 
-- Its streaming endpoints open the event stream before the request handler has run, so a
-  refusal (invalid params, unknown task, a task that already ended) is raised inside an
-  open stream and the HTTP/2 stream is reset. Here the first event is awaited before the
-  response starts, as the SDK's own 1.0 routes do: an error before it is an HTTP error in
-  the protocol's format (``{"error": {"code", "status", "message", "details"}}``); an
-  error after it ends the stream with an ``error`` event carrying the same body.
-- The 0.3 HTTP+JSON wire format is the protobuf JSON of the 0.3 ``a2a.proto`` (what the
-  SDK's 0.3 client sends): a message's parts are ``content``, each ``{"text": ...}``,
-  ``{"data": {"data": {...}}}`` or ``{"file": {...}}``. A message in the JSON-RPC shape
-  (``parts`` of ``{"kind": ...}`` objects) would parse to a message without parts and be
-  refused with a misleading "parts must contain at least one element"; here it is
-  refused naming the shape this binding takes.
+1. Validated jobs travel from the request-context builder to the executor: the handler builds
+   the context with our builder *before* it creates a task, so a malformed message gets the
+   protocol's error and leaves no task behind; the executor then reads the job off the same
+   context object (:class:`JobContextBuilder`, :func:`job_of`). Relies on
+   ``DefaultRequestHandler`` passing the context it built to ``AgentExecutor.execute``.
+2. The multi-tenant copy of the HTTP+JSON routes, which ``create_rest_routes`` mounts at
+   ``/{tenant}``, would swallow every two-segment path of the app; this agent has no tenants
+   (:func:`rest_routes`).
+3. The protocol 0.3 HTTP+JSON routes (``/v1/message:send``, ``/v1/message:stream``,
+   ``/v1/tasks/{id}``, ``/v1/tasks/{id}:subscribe``, ...), served by the SDK's 0.3 adapter with
+   two corrections (:func:`create_rest_v03_routes`):
+
+   - Its streaming endpoints open the event stream before the request handler has run, so a
+     refusal (invalid params, unknown task, a task that already ended) is raised inside an
+     open stream and the HTTP/2 stream is reset. Here the first event is awaited before the
+     response starts, as the SDK's own 1.0 routes do: an error before it is an HTTP error in
+     the protocol's format (``{"error": {"code", "status", "message", "details"}}``); an
+     error after it ends the stream with an ``error`` event carrying the same body.
+   - The 0.3 HTTP+JSON wire format is the protobuf JSON of the 0.3 ``a2a.proto`` (what the
+     SDK's 0.3 client sends): a message's parts are ``content``, each ``{"text": ...}``,
+     ``{"data": {"data": {...}}}`` or ``{"file": {...}}``. A message in the JSON-RPC shape
+     (``parts`` of ``{"kind": ...}`` objects) would parse to a message without parts and be
+     refused with a misleading "parts must contain at least one element"; here it is
+     refused naming the shape this binding takes.
+4. The in-memory task store forgets tasks by owner scope and terminal state, with the SDK's
+   own definitions of both (:data:`TERMINAL_TASK_STATES`, :func:`resolve_user_scope`).
+5. The client keeps the card it was built from only in a private attribute (:func:`card_of`).
 """
 
 from __future__ import annotations
@@ -25,12 +41,20 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+# First: a2a.compat.v0_3.rest_adapter cannot be imported before a2a.server.routes (the SDK's
+# modules import each other in a cycle that only resolves in this order).
+import a2a.server.routes
+from a2a.client import Client
 from a2a.compat.v0_3.context_builders import V03ServerCallContextBuilder
 from a2a.compat.v0_3.rest_adapter import REST03Adapter
 from a2a.compat.v0_3.rest_handler import REST03Handler
+from a2a.server.agent_execution import RequestContext, SimpleRequestContextBuilder
+from a2a.server.agent_execution.active_task import TERMINAL_TASK_STATES
 from a2a.server.context import ServerCallContext
+from a2a.server.owner_resolver import resolve_user_scope
 from a2a.server.request_handlers import RequestHandler
 from a2a.server.routes.common import DefaultServerCallContextBuilder, create_event_source_response
+from a2a.types import AgentCard, SendMessageRequest, Task
 from a2a.utils import json_utils
 from a2a.utils.constants import PROTOCOL_VERSION_0_3
 from a2a.utils.error_handlers import build_rest_error_payload, rest_stream_error_handler
@@ -39,9 +63,88 @@ from a2a.utils.version_validator import validate_version
 from sse_starlette.event import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
-logger = logging.getLogger("service.a2a.rest_v03")
+logger = logging.getLogger("service.a2a.sdk_compat")
+
+__all__ = [
+    "TERMINAL_TASK_STATES",
+    "JobContextBuilder",
+    "card_of",
+    "create_rest_v03_routes",
+    "job_of",
+    "resolve_user_scope",
+    "rest_routes",
+]
+
+# --- 1. validated jobs from the context builder to the executor ----------------------------
+
+JobParser = Callable[[SendMessageRequest], Any]
+
+
+class _JobRequestContext(RequestContext):
+    """A request context that carries the validated job of its message."""
+
+    job: Any = None
+
+
+class JobContextBuilder(SimpleRequestContextBuilder):
+    """Validates the message with ``parse`` (which raises the protocol's error for a bad
+    one) before the handler creates a task for it, and keeps the result on the context."""
+
+    def __init__(self, parse: JobParser) -> None:
+        super().__init__()
+        self._parse = parse
+
+    async def build(
+        self,
+        context: ServerCallContext,
+        params: SendMessageRequest | None = None,
+        task_id: str | None = None,
+        context_id: str | None = None,
+        task: Task | None = None,
+    ) -> RequestContext:
+        job = self._parse(params) if params is not None else None
+        request_context = _JobRequestContext(
+            call_context=context,
+            request=params,
+            task_id=task_id,
+            context_id=context_id,
+            task=task,
+        )
+        request_context.job = job
+        return request_context
+
+
+def job_of(context: RequestContext) -> Any:
+    """The job :class:`JobContextBuilder` validated for this context, or None."""
+    return getattr(context, "job", None)
+
+
+# --- 2. HTTP+JSON 1.0 routes without the tenant copy ---------------------------------------
+
+
+def rest_routes(handler: RequestHandler, path_prefix: str) -> list[BaseRoute]:
+    """The SDK's 1.0 HTTP+JSON routes at ``path_prefix``, without the ``/{tenant}`` mount."""
+    return [
+        route
+        for route in a2a.server.routes.create_rest_routes(handler, path_prefix=path_prefix)
+        if not isinstance(route, Mount)
+    ]
+
+
+# --- 5. the client's card ---------------------------------------------------------------
+
+
+def card_of(client: Client) -> AgentCard:
+    """The card a client from ``ClientFactory`` was built from."""
+    card = getattr(client, "_card", None)
+    if not isinstance(card, AgentCard):
+        raise RuntimeError("a2a-sdk's client no longer keeps its card in _card")
+    return card
+
+
+# --- 3. protocol 0.3 HTTP+JSON routes ---------------------------------------------------
 
 STREAM = ("/v1/message:stream", "POST")
 SUBSCRIBE = ("/v1/tasks/{id}:subscribe", "GET"), ("/v1/tasks/{id}:subscribe", "POST")

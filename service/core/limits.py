@@ -1,0 +1,105 @@
+"""Request limits, reported as neutral violations.
+
+A :class:`Violation` names the item it is about as a path into the core operation's input
+(``("texts", 3)``, ``("messages", 2, "content")``, ``("texts",)`` for the batch as a whole),
+why it breaks a limit, a machine-readable ``code`` and the limit itself. Front ends translate
+the path into their own field names (REST: ``["body", "texts", 3]``; A2A: ``texts[3]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from service.core.errors import ServiceError
+from service.guard.scanner import Message
+
+ItemPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Violation:
+    item: ItemPath
+    reason: str  # for people: "20001 characters; at most 20000"
+    # For programs; pydantic's error types, so REST reports limits like schema errors.
+    code: str
+    limit: int | None = None
+
+
+class LimitExceeded(ServiceError):
+    """The input breaks one or more request limits."""
+
+    problem = "validation-error"
+
+    def __init__(self, violations: Sequence[Violation]) -> None:
+        self.violations = tuple(violations)
+        super().__init__("; ".join(violation.reason for violation in self.violations))
+
+    def relocated(self, locate: Callable[[ItemPath], ItemPath]) -> LimitExceeded:
+        """The same violations with each item path rewritten (a front end's field names)."""
+        return LimitExceeded([replace(v, item=locate(v.item)) for v in self.violations])
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the core."""
+
+    max_batch: int  # texts per classification, messages per conversation, conversations
+    max_text_chars: int  # characters per text or message
+
+    def check_texts(self, texts: Sequence[object], at: ItemPath = ("texts",)) -> None:
+        """Raise LimitExceeded unless ``texts`` holds 1..max_batch non-blank texts of at
+        most max_text_chars characters each. ``at`` is where the texts are in the input."""
+        violations = self._count(len(texts), at, "texts")
+        if not violations:
+            violations = [
+                violation
+                for index, text in enumerate(texts)
+                if (violation := self._text(text, (*at, index))) is not None
+            ]
+        if violations:
+            raise LimitExceeded(violations)
+
+    def check_conversation(self, messages: Sequence[Message], at: ItemPath = ("messages",)) -> None:
+        """Raise LimitExceeded unless the conversation has 1..max_batch messages whose
+        contents are within the text limits."""
+        violations = self._count(len(messages), at, "messages")
+        if not violations:
+            violations = [
+                violation
+                for index, message in enumerate(messages)
+                if (violation := self._text(message.content, (*at, index, "content"))) is not None
+            ]
+        if violations:
+            raise LimitExceeded(violations)
+
+    def check_count(self, count: int, at: ItemPath, noun: str) -> None:
+        """Raise LimitExceeded unless there are 1..max_batch items."""
+        violations = self._count(count, at, noun)
+        if violations:
+            raise LimitExceeded(violations)
+
+    def _count(self, count: int, at: ItemPath, noun: str) -> list[Violation]:
+        if count == 0:
+            singular = noun.removesuffix("s")
+            return [Violation(at, f"at least one {singular} is required", "too_short")]
+        if count > self.max_batch:
+            # One violation for the batch, not one per text of a huge batch.
+            per = " per request" if noun == "texts" else ""
+            reason = f"{count} {noun}; at most {self.max_batch}{per}"
+            return [Violation(at, reason, "too_long", self.max_batch)]
+        return []
+
+    def _text(self, text: object, item: ItemPath) -> Violation | None:
+        limit = self.max_text_chars
+        if not isinstance(text, str) or not text.strip():
+            return Violation(item, "text must be a non-blank string", "string_too_short")
+        if len(text) > limit:
+            return Violation(
+                item, f"{len(text)} characters; at most {limit}", "string_too_long", limit
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates ("\ud800") pass JSON but are not text
+            return Violation(item, "text is not valid Unicode (lone surrogate)", "string_unicode")
+        return None
