@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -100,7 +101,10 @@ def time_dispatch(kind: str, repeats: int) -> dict:
     torch.manual_seed(0)
     layer = SwitchLayer(MoEConfig()).eval()
     x = torch.randn(50, 200, 32)
-    fn = (lambda: layer(x)) if kind == "index" else (lambda: dense_dispatch(layer, x))
+    # Both return the layer output; the index dispatch also returns its routing, dropped here.
+    fn: Callable[[], torch.Tensor] = (
+        (lambda: layer(x)[0]) if kind == "index" else (lambda: dense_dispatch(layer, x))
+    )
     times = []
     with torch.inference_mode():
         fn()

@@ -5,6 +5,11 @@ Routing is per sequence: each sequence is one routing group, so an expert's capa
 which tokens it drops depend only on that text, never on what else shares the batch. Tokens
 are dispatched by index (gather, expert, scatter-add), so memory grows linearly with tokens,
 never as tokens x experts x capacity.
+
+Forwards have no side effects: the Switch layer returns its routing (the router's decision
+and the dispatch counts) next to its output instead of storing it on the module, so the
+auxiliary loss and the metrics read the numbers of the very call that produced them, and
+one module can serve several threads at once.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ class MoEConfig:
         return asdict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RouterOutput:
     """What the router decided for every token: read by the loss and by serving metrics."""
 
@@ -55,13 +60,24 @@ class RouterOutput:
     logits: torch.Tensor  # [tokens, experts]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoutingStats:
     """Per-forward routing numbers (summed over the batch)."""
 
     tokens_per_expert: torch.Tensor  # [experts] assignments kept
     dropped: int  # assignments over capacity
     assignments: int  # tokens x k
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Everything one Switch-layer forward decided, returned with its output.
+
+    ``router`` feeds the load-balancing loss, ``stats`` the expert shares and drop rate.
+    """
+
+    router: RouterOutput
+    stats: RoutingStats
 
 
 def expert_capacity(group_size: int, num_experts: int, capacity_factor: float, top_k: int) -> int:
@@ -79,7 +95,9 @@ def load_balancing_loss(router: RouterOutput, num_experts: int) -> torch.Tensor:
     return num_experts * torch.sum(fraction * mean_prob)
 
 
-def positions_in_expert(expert_index: torch.Tensor, group: torch.Tensor, num_experts: int):
+def positions_in_expert(
+    expert_index: torch.Tensor, group: torch.Tensor, num_experts: int
+) -> torch.Tensor:
     """For each assignment, its 0-based arrival order at its expert within its group.
 
     A stable sort by (group, expert) keeps token order, so earlier tokens get earlier slots.
@@ -104,7 +122,10 @@ class Expert(nn.Module):
 
 
 class SwitchLayer(nn.Module):
-    """Top-k routed feed-forward layer with capacity; dropped tokens output zero."""
+    """Top-k routed feed-forward layer with capacity; dropped tokens output zero.
+
+    ``forward`` returns ``(output, routing)`` and writes nothing on the module.
+    """
 
     def __init__(self, config: MoEConfig) -> None:
         super().__init__()
@@ -113,8 +134,6 @@ class SwitchLayer(nn.Module):
         self.experts = nn.ModuleList(
             Expert(config.embed_dim, config.ff_dim) for _ in range(config.num_experts)
         )
-        self.last_router: RouterOutput | None = None
-        self.last_stats: RoutingStats | None = None
 
     def route(self, tokens: torch.Tensor) -> RouterOutput:
         router_in = tokens
@@ -126,7 +145,7 @@ class SwitchLayer(nn.Module):
         gates, expert_index = probs.topk(self.config.top_k, dim=-1)
         return RouterOutput(expert_index=expert_index, gates=gates, probs=probs, logits=logits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         batch, length, dim = x.shape
         cfg = self.config
         tokens = x.reshape(-1, dim)
@@ -143,7 +162,7 @@ class SwitchLayer(nn.Module):
         kept = positions < capacity
 
         out = torch.zeros_like(tokens)
-        kept_per_expert = torch.zeros(cfg.num_experts, dtype=torch.long)
+        kept_per_expert = torch.zeros(cfg.num_experts, dtype=torch.long, device=x.device)
         for e, expert in enumerate(self.experts):
             chosen = torch.nonzero(kept & (expert_index == e), as_tuple=True)[0]
             if chosen.numel() == 0:
@@ -153,13 +172,12 @@ class SwitchLayer(nn.Module):
             out.index_add_(0, token_ids, y)
             kept_per_expert[e] = chosen.numel()
 
-        self.last_router = router
-        self.last_stats = RoutingStats(
+        stats = RoutingStats(
             tokens_per_expert=kept_per_expert,
             dropped=int((~kept).sum().item()),
             assignments=int(expert_index.numel()),
         )
-        return out.reshape(batch, length, dim)
+        return out.reshape(batch, length, dim), Routing(router=router, stats=stats)
 
 
 def dense_dispatch(layer: SwitchLayer, x: torch.Tensor) -> torch.Tensor:
@@ -196,15 +214,22 @@ class TransformerBlock(nn.Module):
         self.dropout1 = nn.Dropout(config.dropout)
         self.dropout2 = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, padding: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Routing]:
         attended, _ = self.attention(x, x, x, key_padding_mask=padding, need_weights=False)
         x = self.norm1(x + self.dropout1(attended))
+        switched, routing = self.switch(x)
         # Tokens the switch layer dropped contribute zero here: only the residual carries them.
-        return self.norm2(x + self.dropout2(self.switch(x)))
+        return self.norm2(x + self.dropout2(switched)), routing
 
 
 class SwitchClassifier(nn.Module):
-    """Token + position embedding -> Switch Transformer block -> mean pool -> 2-way logits."""
+    """Token + position embedding -> Switch Transformer block -> mean pool -> 2-way logits.
+
+    ``model(ids)`` returns the logits only; ``forward_with_routing(ids)`` also returns the
+    block's routing, for the load-balancing loss and the routing metrics.
+    """
 
     def __init__(self, config: MoEConfig) -> None:
         super().__init__()
@@ -224,6 +249,11 @@ class SwitchClassifier(nn.Module):
         return self.block.switch
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.forward_with_routing(token_ids)
+        return logits
+
+    def forward_with_routing(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        """The logits and the routing of this very call (nothing is kept on the module)."""
         positions = torch.arange(token_ids.shape[1], device=token_ids.device)
         if self.training and self.config.token_dropout > 0:
             hide = torch.rand(token_ids.shape, device=token_ids.device) < self.config.token_dropout
@@ -233,16 +263,11 @@ class SwitchClassifier(nn.Module):
         if self.config.mask_padding:
             padding = token_ids == 0
             padding[:, 0] = False  # an empty text still has one position to attend to
-            x = self.block(x, padding)
+            x, routing = self.block(x, padding)
             keep = (~padding).unsqueeze(-1).to(x.dtype)
             x = (x * keep).sum(dim=1) / keep.sum(dim=1)
         else:
-            x = self.block(x).mean(dim=1)
+            x, routing = self.block(x)
+            x = x.mean(dim=1)
         x = self.head_dropout(torch.relu(self.dense(self.head_dropout(x))))
-        return self.output(x)
-
-    def aux_loss(self) -> torch.Tensor:
-        router = self.switch.last_router
-        if router is None:
-            raise RuntimeError("aux_loss() needs a forward pass first")
-        return load_balancing_loss(router, self.config.num_experts)
+        return self.output(x), routing

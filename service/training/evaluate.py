@@ -17,20 +17,24 @@ def evaluate_loaded(
     token assignments and the fraction of assignments dropped over capacity (all sequence
     positions, padding included, as the layer sees them)."""
     module = model.module
-    switch = module.switch if isinstance(module, SwitchClassifier) else None
-    correct = 0
-    kept = torch.zeros(switch.config.num_experts, dtype=torch.long) if switch else None
-    dropped = assignments = 0
+    is_switch = isinstance(module, SwitchClassifier)
+    num_experts = module.config.num_experts if isinstance(module, SwitchClassifier) else 0
+    kept = torch.zeros(num_experts, dtype=torch.long)
+    correct = dropped = assignments = 0
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             ids = model.vectorizer(texts[start : start + batch_size])
-            p = positive_probability(module, ids)
+            if isinstance(module, SwitchClassifier):
+                # The routing of this very call, returned with its logits.
+                logits, routing = module.forward_with_routing(ids)
+                p = torch.softmax(logits, dim=-1)[:, 1]
+                kept += routing.stats.tokens_per_expert
+                dropped += routing.stats.dropped
+                assignments += routing.stats.assignments
+            else:
+                p = positive_probability(module, ids)
             truth = torch.tensor(labels[start : start + batch_size])
             correct += int(((p >= 0.5).long() == truth).sum())
-            if switch is not None and switch.last_stats is not None:
-                kept += switch.last_stats.tokens_per_expert
-                dropped += switch.last_stats.dropped
-                assignments += switch.last_stats.assignments
     result: dict = {
         "model": model.info.name,
         "n": len(texts),
@@ -39,7 +43,7 @@ def evaluate_loaded(
         "params": model.info.params,
         "quantization": model.info.quantization,
     }
-    if kept is not None:
+    if is_switch:
         total = max(1, int(kept.sum()))
         result["expert_share"] = [round(int(k) / total, 5) for k in kept]
         result["drop_rate"] = round(dropped / max(1, assignments), 5)

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from service.models.moe import SwitchClassifier
+from service.models.moe import SwitchClassifier, load_balancing_loss
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def logits_loss(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The classification loss, plus the load-balancing loss for a Switch model."""
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for two-way logits, binary cross-entropy for one logit per row."""
     if logits.dim() == 2:
-        loss = F.cross_entropy(logits, labels)
-    else:
-        loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+        return F.cross_entropy(logits, labels)
+    return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+
+def forward_loss(
+    model: nn.Module, ids: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass: ``(logits, loss)``. The loss is the classification loss plus, for a
+    Switch model, the load-balancing loss of the routing that same pass returned."""
     if isinstance(model, SwitchClassifier):
-        loss = loss + model.config.aux_loss_weight * model.aux_loss()
-    return loss
+        logits, routing = model.forward_with_routing(ids)
+        aux = load_balancing_loss(routing.router, model.config.num_experts)
+        return logits, classification_loss(logits, labels) + model.config.aux_loss_weight * aux
+    logits = model(ids)
+    return logits, classification_loss(logits, labels)
 
 
 def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
@@ -134,8 +143,7 @@ def train(
         for step in bar:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
             ids, labels = train_ids[index], train_labels[index]
-            logits = model(ids)
-            loss = logits_loss(model, logits, labels)
+            logits, loss = forward_loss(model, ids, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
