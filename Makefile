@@ -26,10 +26,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check service agents tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check service agents tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m ruff format --check service agents tests benchmarks
 
 format: $(STAMP)

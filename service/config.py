@@ -1,8 +1,8 @@
 """Settings, read from environment variables (and an optional .env file).
 
-Every variable is documented in the README's configuration table; names are the
-upper-case field names (``guard_model`` -> ``GUARD_MODEL``). ``OLLAMA_HOST`` follows
-Ollama's own convention.
+Every variable is documented in docs/configuration.md (tests/test_docs.py checks it against
+this class); names are the upper-case field names (``guard_model`` -> ``GUARD_MODEL``).
+``OLLAMA_HOST`` follows Ollama's own convention.
 """
 
 from __future__ import annotations

@@ -103,7 +103,9 @@ async def serve_async(settings: Settings, sock: socket.socket) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop, signum)
-    await hypercorn_serve(app, config, shutdown_trigger=stop.wait, mode="asgi")
+    # Starlette types the ASGI callable with its own Protocol and Hypercorn with another.
+    serve_app: Any = app
+    await hypercorn_serve(serve_app, config, shutdown_trigger=stop.wait, mode="asgi")
 
 
 def _serve_one(settings: Settings, *, reuse_port: bool = False) -> int:

@@ -102,7 +102,8 @@ class Outcome(Protocol):
 class Job(Protocol):
     """What one message asks for, validated: a core operation and its arguments."""
 
-    skill: str
+    @property
+    def skill(self) -> str: ...
 
     def working_text(self) -> str: ...
 

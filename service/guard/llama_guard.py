@@ -279,7 +279,7 @@ class LlamaGuard:
 
     async def aclose(self) -> None:
         if self._owns_client:
-            await self._client.close()
+            await self._client.close()  # type: ignore[no-untyped-call]  # ollama leaves it bare
 
 
 def classify(exc: BaseException, model: str, timeout: float) -> tuple[GuardError, bool]:

@@ -41,7 +41,8 @@ class SentimentCNN(nn.Module):
         nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
         for layer in (self.conv1, self.conv2, self.dense, self.output):
             nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def features(self, token_ids: torch.Tensor) -> torch.Tensor:
         """The pooled convolution features, [batch, filters]."""

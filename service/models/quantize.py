@@ -103,6 +103,20 @@ def int8_tensors(model: SentimentCNN, ranges: dict[str, float]) -> dict[str, tor
 class Int8SentimentCNN(nn.Module):
     """Inference-only CNN whose convolutions run int8 x int8 -> int32."""
 
+    # Buffers registered in __init__, declared for the type checker.
+    embedding: torch.Tensor
+    conv1_matrix: torch.Tensor
+    conv1_rescale: torch.Tensor
+    conv1_bias: torch.Tensor
+    conv2_matrix: torch.Tensor
+    conv2_rescale: torch.Tensor
+    conv2_bias: torch.Tensor
+    conv2_offset: torch.Tensor
+    dense_weight: torch.Tensor
+    dense_bias: torch.Tensor
+    output_weight: torch.Tensor
+    output_bias: torch.Tensor
+
     def __init__(self, config: CNNConfig, tensors: dict[str, torch.Tensor]) -> None:
         super().__init__()
         self.config = config
@@ -189,6 +203,18 @@ def int4_tensors(model: SentimentCNN) -> dict[str, torch.Tensor]:
 
 class Int4SentimentCNN(nn.Module):
     """Weight-only int4 CNN: packed embedding rows expand on lookup."""
+
+    # Buffers registered in __init__, declared for the type checker.
+    embedding_q4: torch.Tensor
+    embedding_scale: torch.Tensor
+    conv1_weight: torch.Tensor
+    conv1_bias: torch.Tensor
+    conv2_weight: torch.Tensor
+    conv2_bias: torch.Tensor
+    dense_weight: torch.Tensor
+    dense_bias: torch.Tensor
+    output_weight: torch.Tensor
+    output_bias: torch.Tensor
 
     def __init__(self, config: CNNConfig, tensors: dict[str, torch.Tensor]) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ documents by the one handler in :mod:`service.web.problems`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -86,6 +87,7 @@ def create_routers(pipeline: GuardedPipeline, settings: Settings) -> list[APIRou
         responses=PROBLEM_RESPONSES,
     )
     async def moderate(body: ModerateRequest) -> JSONResponse:
+        locate: Callable[[ItemPath], ItemPath]
         if body.text is not None:
             conversation = [Message(role="user", content=body.text)]
             locate = _single_text

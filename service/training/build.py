@@ -161,6 +161,8 @@ def build_cnn(ctx: BuildContext, epochs: int) -> dict:
 def build_quantized(ctx: BuildContext) -> list[dict]:
     card, tensors = read_artifact(ctx.out / "sentiment-cnn")
     fp32 = build_model(card, tensors)
+    if not isinstance(fp32, SentimentCNN):
+        raise TypeError(f"sentiment-cnn built a {type(fp32).__name__}, not the fp32 CNN")
     vectorizer = Vectorizer.load(ctx.out / "sentiment-cnn" / VOCAB)
     calibration = [r.text for r in ctx.splits.train[:CALIBRATION_REVIEWS]]
     batches = [vectorizer(calibration[i : i + 100]) for i in range(0, len(calibration), 100)]
