@@ -44,7 +44,7 @@ def server(double: OllamaDouble, free_port: Callable[[], int]) -> Iterator[Serve
     port = free_port()
     with running_server(
         ollama_host=double.url, port=port, public_url=f"http://127.0.0.1:{port}",
-        api_tokens=f"{OLD}, {NEW}",
+        api_tokens=f"ops:{OLD}, ops:{NEW}",  # one caller rolling its token over
     ) as running:  # fmt: skip
         yield running
 

@@ -1,20 +1,28 @@
 """Bearer-token authentication for the whole API (REST /v1 and every A2A route).
 
-With API_TOKENS set (comma-separated, so a new token can be rolled out before the old one is
-dropped), every request needs ``Authorization: Bearer <one of the tokens>``; anything else
-answers 401 problem+json with ``WWW-Authenticate: Bearer``. Closed by default: only the
-paths in :data:`OPEN_PATHS` (probes, metrics, the public agent card, the API docs and the
-problem-type pages) stay open. Without API_TOKENS nothing is protected and a warning is
-logged at startup.
+With API_TOKENS set (comma-separated ``name:token`` entries; a caller may have two tokens, so
+a new token can be rolled out before the old one is dropped), every request needs ``Authorization: Bearer <one of the
+tokens>``; anything else answers 401 problem+json with ``WWW-Authenticate: Bearer``. Closed by
+default: only the paths in :data:`OPEN_PATHS` (probes, metrics, the public agent card, the API
+docs and the problem-type pages) stay open. Without API_TOKENS nothing is protected and a
+warning is logged at startup.
+
+Each token has an identity, its name: the caller is set on the request as a Starlette user
+(``scope["user"]``), so A2A tasks are stored with it as their owner and every task method
+sees only the caller's own tasks; logs name the caller, never the token. An entry without a
+name (a bare token) is named ``token-`` and the first 8 hex digits of its SHA-256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 from fastapi import FastAPI
+from starlette.authentication import AuthCredentials, SimpleUser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.config import Settings
@@ -49,16 +57,51 @@ def bearer_token(authorization: str | None) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def token_is_valid(token: str | None, tokens: Sequence[str]) -> bool:
-    """Constant-time comparison against every configured token (no early exit, so the time
-    taken does not tell which token, or how much of one, matched)."""
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def token_identities(entries: Sequence[str]) -> dict[str, str]:
+    """API_TOKENS entries (``name:token`` or a bare token) as token -> caller name. Several
+    tokens may share a name (one caller rolling a new token out before dropping the old
+    one). Raises ValueError for an empty token or a token given twice."""
+    identities: dict[str, str] = {}
+    for entry in entries:
+        name, sep, token = entry.partition(":")
+        if not sep or not _NAME.match(name):
+            # No name, or what precedes the colon is no name: the whole entry is the token.
+            name, token = "", entry
+        if not token:
+            raise ValueError(f"API_TOKENS entry {name!r} has an empty token")
+        name = name or "token-" + hashlib.sha256(token.encode()).hexdigest()[:8]
+        if token in identities:
+            raise ValueError(f"API_TOKENS has the same token twice ({name!r})")
+        identities[token] = name
+    return identities
+
+
+def identify(token: str | None, identities: Mapping[str, str]) -> str | None:
+    """The caller a token belongs to, else None. Constant-time against every configured
+    token (no early exit, so the time taken does not tell which token, or how much of one,
+    matched)."""
     if not token:
-        return False
+        return None
     given = token.encode()
-    valid = False
-    for expected in tokens:
-        valid |= hmac.compare_digest(given, expected.encode())
-    return valid
+    found: str | None = None
+    for expected, name in identities.items():
+        if hmac.compare_digest(given, expected.encode()):
+            found = name
+    return found
+
+
+def token_is_valid(token: str | None, tokens: Sequence[str]) -> bool:
+    """Whether ``token`` is one of the API_TOKENS entries ``tokens``."""
+    return identify(token, token_identities(tokens)) is not None
+
+
+def caller_of(scope: Scope) -> str | None:
+    """The authenticated caller's name, when auth is on and the request carried a token."""
+    user = scope.get("user")
+    return user.username if isinstance(user, SimpleUser) else None
 
 
 class BearerAuthMiddleware:
@@ -66,10 +109,10 @@ class BearerAuthMiddleware:
 
     def __init__(self, app: ASGIApp, tokens: Sequence[str]) -> None:
         self.app = app
-        self.tokens = tuple(tokens)
+        self.identities = token_identities(tokens)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_open(scope.get("path", "")):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         header = next(
@@ -77,7 +120,15 @@ class BearerAuthMiddleware:
             None,
         )
         token = bearer_token(header)
-        if token_is_valid(token, self.tokens):
+        caller = identify(token, self.identities)
+        if caller is not None:
+            # The caller's identity for everything downstream: the A2A task owner (a2a-sdk
+            # reads request.user), the access log, per-caller limits.
+            scope["user"] = SimpleUser(caller)
+            scope["auth"] = AuthCredentials(["authenticated"])
+            await self.app(scope, receive, send)
+            return
+        if is_open(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         if token is None:
@@ -116,5 +167,6 @@ def install_auth(app: FastAPI, settings: Settings) -> None:
             "anyone who can reach them"
         )
         return
+    identities = token_identities(settings.api_tokens)  # a malformed list fails at start
     app.add_middleware(BearerAuthMiddleware, tokens=settings.api_tokens)
-    logger.info("bearer-token auth on", extra={"tokens": len(settings.api_tokens)})
+    logger.info("bearer-token auth on", extra={"callers": sorted(identities.values())})

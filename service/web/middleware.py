@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.logging import reset_request_id, set_request_id
+from service.web.auth import caller_of
 from service.web.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
 from service.web.problems import internal_error_response, problem_response
 
@@ -96,6 +97,7 @@ class RequestContextMiddleware:
                         "duration_ms": round(elapsed * 1000.0, 3),
                         "http_version": scope.get("http_version"),
                         "client": _client(scope),
+                        "caller": caller_of(scope),
                     },
                 )
             reset_request_id(token)
