@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     task_store_url: str | None = None
     # In-memory task store only: tasks kept; past it the oldest finished ones are forgotten.
     task_store_max_tasks: int = Field(100_000, ge=1)
+    # In-memory task store only: bytes of tasks kept (their serialised size); past it the
+    # oldest finished ones are forgotten.
+    task_store_max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    # SQL task store only: finished tasks older than this many seconds are deleted (0 keeps
+    # them forever).
+    task_store_retention: float = Field(7 * 24 * 3600.0, ge=0)
+    # Seconds between two sweeps of the task store (retention, interrupted tasks).
+    task_store_sweep_interval: float = Field(60.0, gt=0)
     # The agent card's provider (organization, and its URL; empty means the public URL).
     agent_provider: str = "Guarded Inference Service"
     agent_provider_url: str | None = None

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from a2a.server.context import ServerCallContext
 from a2a.server.tasks import DatabaseTaskStore, InMemoryTaskStore
-from a2a.types import ListTasksRequest, Task, TaskState, TaskStatus
+from a2a.types import ListTasksRequest, Message, Part, Task, TaskState, TaskStatus
 
 from service.a2a.store import BoundedInMemoryTaskStore, create_task_storage, database_url
 from tests.helpers import running_server
@@ -143,3 +143,27 @@ async def test_memory_store_forgets_the_oldest_finished_tasks_first() -> None:
     assert await store.get("running", context) is None
     assert await store.get("done-11", context) is not None
     assert (await store.list(ListTasksRequest(page_size=100), context)).total_size <= 10
+
+
+async def test_memory_store_is_bounded_by_bytes_too() -> None:
+    store = BoundedInMemoryTaskStore(max_tasks=100_000, max_bytes=1024 * 1024)
+    context = ServerCallContext()
+    big = "x" * 100_000  # about 100 KB per task
+
+    def task(task_id: str, state: int) -> Task:
+        return Task(
+            id=task_id,
+            context_id="c",
+            status=TaskStatus(state=state),
+            history=[Message(message_id=task_id, parts=[Part(text=big)])],
+        )
+
+    await store.save(task("running", TaskState.TASK_STATE_WORKING), context)
+    for i in range(30):
+        await store.save(task(f"done-{i}", TaskState.TASK_STATE_COMPLETED), context)
+        assert store.bytes <= 1024 * 1024
+    listed = await store.list(ListTasksRequest(page_size=100), context)
+    kept = {t.id for t in listed.tasks}
+    assert "running" in kept and "done-29" in kept and "done-0" not in kept
+    assert 5 <= len(kept) <= 10
+    assert store.bytes == sum(t.ByteSize() for t in listed.tasks)

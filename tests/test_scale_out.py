@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -341,3 +342,103 @@ async def test_replicas_starting_together_on_a_fresh_store_both_start(tmp_path: 
     assert [process.exitcode for process in processes] == [0, 0]
     failures = [outcome for outcome in outcomes if outcome != "ok"]
     assert failures == [], f"{len(failures)} of {2 * rounds} start-ups failed: {failures[:2]}"
+
+
+# --- a task left running by a replica that died -----------------------------------------------
+
+
+async def _subscribe(client: httpx.AsyncClient, task_id: str) -> list[dict[str, Any]]:
+    """SubscribeToTask; every event until the stream ends."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "SubscribeToTask", "params": {"id": task_id}}
+    events: list[dict[str, Any]] = []
+    async with client.stream("POST", "/", json=body) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line.removeprefix("data:")))
+    return events
+
+
+async def test_a_task_its_replica_left_running_ends_failed_and_its_subscriber_is_told(
+    ollama_double: OllamaDouble, task_store_url: str
+) -> None:
+    # No task can run longer than REQUEST_TIMEOUT + GRACEFUL_TIMEOUT (+1 s of clock skew), so
+    # a running task unchanged for longer than that was left by a process that is gone.
+    quick = {**REPLICA, "request_timeout": 3, "graceful_timeout": 1}
+    quick |= {"task_store_sweep_interval": 0.5, "guard_timeout": 2}
+    context_id = str(uuid.uuid4())
+    with running_server(ollama_host=ollama_double.url, task_store_url=task_store_url, **quick) as b:
+        a = start_server(ollama_host=ollama_double.url, task_store_url=task_store_url, **quick)
+        try:
+            a.wait_ready()
+            async with a2a_client(a) as stream_a, a2a_client(b) as on_b:
+                ollama_double.set_latency(30.0)
+                working: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+                stream = asyncio.create_task(
+                    _stream_until_working(stream_a, context_id, "Left behind.", working)
+                )
+                task_id = await asyncio.wait_for(working, 30)
+                a.proc.send_signal(signal.SIGKILL)  # before its 3 s deadline could end the task
+                assert a.proc.wait(10) == -signal.SIGKILL
+                await asyncio.wait_for(stream, 30)
+                ollama_double.set_latency(0.0)
+                assert (await get_task(on_b, task_id))["status"]["state"] in UNFINISHED
+
+                # B does not run it; its subscriber follows the store and is told the end.
+                events = await asyncio.wait_for(_subscribe(on_b, task_id), 30)
+                results = [event["result"] for event in events]
+                assert results[0]["task"]["id"] == task_id
+                last = results[-1]["statusUpdate"]["status"]
+                assert last["state"] == "TASK_STATE_FAILED"
+                data = [part["data"] for part in last["message"]["parts"] if "data" in part]
+                assert data == [{"reason": "task-interrupted"}]
+
+                ended = await get_task(on_b, task_id)
+                assert ended["status"]["state"] == "TASK_STATE_FAILED"
+        finally:
+            a.stop()
+
+
+async def test_the_sweep_ends_interrupted_tasks_and_deletes_expired_ones(tmp_path: Path) -> None:
+    from a2a.server.context import ServerCallContext
+    from a2a.types import Task, TaskState, TaskStatus
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from service.a2a.store import create_task_storage
+
+    storage = create_task_storage(
+        f"sqlite+aiosqlite:///{tmp_path}/sweep.db", retention=3600, stale_after=60
+    )
+    await storage.start()
+    context = ServerCallContext()
+
+    def task(task_id: str, state: int, age: float) -> Task:
+        stamp = Timestamp()
+        stamp.FromNanoseconds(int((time.time() - age) * 1e9))
+        return Task(id=task_id, context_id="c", status=TaskStatus(state=state, timestamp=stamp))
+
+    try:
+        S = TaskState
+        for saved in (
+            task("old-done", S.TASK_STATE_COMPLETED, 7200),
+            task("new-done", S.TASK_STATE_COMPLETED, 10),
+            task("old-working", S.TASK_STATE_WORKING, 120),
+            task("new-working", S.TASK_STATE_WORKING, 5),
+            task("old-waiting", S.TASK_STATE_INPUT_REQUIRED, 7200),
+        ):
+            await storage.store.save(saved, context)
+        swept = await storage.sweep()
+        assert (swept.interrupted, swept.expired) == (1, 1)
+        state = {}
+        for task_id in ("old-done", "new-done", "old-working", "new-working", "old-waiting"):
+            found = await storage.store.get(task_id, context)
+            state[task_id] = None if found is None else TaskState.Name(found.status.state)
+        assert state == {
+            "old-done": None,
+            "new-done": "TASK_STATE_COMPLETED",
+            "old-working": "TASK_STATE_FAILED",
+            "new-working": "TASK_STATE_WORKING",
+            "old-waiting": "TASK_STATE_INPUT_REQUIRED",
+        }
+    finally:
+        await storage.close()

@@ -19,30 +19,15 @@ import logging
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.tasks import TaskUpdater
-from a2a.types import Part, Task, TaskState, TaskStatus
+from a2a.types import Task, TaskState, TaskStatus
 from a2a.utils.errors import InvalidParamsError
-from google.protobuf.json_format import ParseDict
-from google.protobuf.struct_pb2 import Value
 
+from service.a2a.parts import data_part, failure_parts, now, text_part
 from service.a2a.sdk_compat import job_of
 from service.core.errors import InternalError, ServiceError
 from service.core.pipeline import GuardedPipeline
 
 logger = logging.getLogger("service.a2a.executor")
-
-
-def data_part(value: object) -> Part:
-    return Part(data=ParseDict(value, Value()), media_type="application/json")
-
-
-def text_part(text: str) -> Part:
-    return Part(text=text, media_type="text/plain")
-
-
-def failure_parts(error: ServiceError) -> list[Part]:
-    """A failed or rejected task's status message, from the one error table: the text, and
-    the details as data with the problem type as ``reason``."""
-    return [text_part(error.task_text()), data_part({"reason": error.problem, **error.details()})]
 
 
 class GuardedAgentExecutor(AgentExecutor):
@@ -63,7 +48,7 @@ class GuardedAgentExecutor(AgentExecutor):
                 Task(
                     id=task_id,
                     context_id=context_id,
-                    status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED),
+                    status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED, timestamp=now()),
                     history=[context.message],
                 )
             )

@@ -27,15 +27,20 @@ from a2a.server.routes import (
     create_agent_card_routes,
     create_jsonrpc_routes,
 )
-from a2a.types import AgentCard
+from a2a.types import AgentCard, Task
 from fastapi import FastAPI
 from starlette.routing import BaseRoute, Route
 
 from service.a2a.card import CARD_PATH, JSONRPC_PATH, REST_PATH, extended_card, public_card
 from service.a2a.executor import GuardedAgentExecutor
-from service.a2a.sdk_compat import JobContextBuilder, create_rest_v03_routes, rest_routes
+from service.a2a.sdk_compat import (
+    GuardedRequestHandler,
+    JobContextBuilder,
+    create_rest_v03_routes,
+    rest_routes,
+)
 from service.a2a.skills import job_parser
-from service.a2a.store import TaskStorage, create_task_storage
+from service.a2a.store import TaskStorage, create_task_storage, interrupt
 from service.config import Settings
 from service.core.pipeline import GuardedPipeline
 
@@ -46,8 +51,24 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
     """Add the agent card, JSON-RPC and HTTP+JSON routes over ``pipeline`` to ``app``, and
     hook the task store and the handler into the app's lifespan."""
     card = public_card(settings, app.version)
-    storage = create_task_storage(settings.task_store_url, settings.task_store_max_tasks)
-    handler = DefaultRequestHandler(
+    # No task runs longer than a pipeline call may take, plus a graceful shutdown, plus clock
+    # skew between replicas: a running task unchanged for longer than that runs nowhere.
+    stale_after = settings.request_timeout + settings.graceful_timeout + 1.0
+    storage = create_task_storage(
+        settings.task_store_url,
+        settings.task_store_max_tasks,
+        settings.task_store_max_bytes,
+        retention=settings.task_store_retention,
+        stale_after=stale_after,
+        sweep_interval=settings.task_store_sweep_interval,
+    )
+
+    async def interrupted(task: Task, context: ServerCallContext) -> Task:
+        return await interrupt(storage.store, task, context)
+
+    handler = GuardedRequestHandler(
+        stale_after=stale_after,
+        interrupt=interrupted,
         agent_executor=GuardedAgentExecutor(pipeline),
         task_store=storage.store,
         agent_card=card,

@@ -31,14 +31,25 @@ minor release so that such a change is an explicit upgrade.
 4. The in-memory task store forgets tasks by owner scope and terminal state, with the SDK's
    own definitions of both (:data:`TERMINAL_TASK_STATES`, :func:`resolve_user_scope`).
 5. The client keeps the card it was built from only in a private attribute (:func:`card_of`).
+6. The SQL task store's table (``DatabaseTaskStore.task_model``: ``id``, ``owner``,
+   ``status`` as JSON, ``last_updated``) is read across owners to delete expired tasks and to
+   end interrupted ones (:func:`rows_updated_before`, :func:`delete_rows`).
+7. Subscribing to a task that no coroutine of this process runs (it runs on another replica
+   sharing the store, or its process died) would wait forever on an event queue nobody
+   feeds: :class:`GuardedRequestHandler` then follows the task in the store instead, until
+   it ends, and ends it failed when it has not moved for longer than any task can run.
+   Relies on the handler's ``_active_task_registry``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 # First: a2a.compat.v0_3.rest_adapter cannot be imported before a2a.server.routes (the SDK's
@@ -50,16 +61,33 @@ from a2a.compat.v0_3.rest_adapter import REST03Adapter
 from a2a.compat.v0_3.rest_handler import REST03Handler
 from a2a.server.agent_execution import RequestContext, SimpleRequestContextBuilder
 from a2a.server.agent_execution.active_task import TERMINAL_TASK_STATES
+from a2a.server.cluster.task_store import StoredTask
 from a2a.server.context import ServerCallContext
 from a2a.server.owner_resolver import resolve_user_scope
-from a2a.server.request_handlers import RequestHandler
+from a2a.server.request_handlers import DefaultRequestHandler, RequestHandler
 from a2a.server.routes.common import DefaultServerCallContextBuilder, create_event_source_response
-from a2a.types import AgentCard, SendMessageRequest, Task
+from a2a.server.tasks import DatabaseTaskStore
+from a2a.types import (
+    AgentCard,
+    SendMessageRequest,
+    SubscribeToTaskRequest,
+    Task,
+    TaskArtifactUpdateEvent,
+    TaskState,
+    TaskStatusUpdateEvent,
+)
 from a2a.utils import json_utils
 from a2a.utils.constants import PROTOCOL_VERSION_0_3
 from a2a.utils.error_handlers import build_rest_error_payload, rest_stream_error_handler
-from a2a.utils.errors import A2AError, InvalidParamsError, InvalidRequestError
+from a2a.utils.errors import (
+    A2AError,
+    InvalidParamsError,
+    InvalidRequestError,
+    TaskNotFoundError,
+    UnsupportedOperationError,
+)
 from a2a.utils.version_validator import validate_version
+from sqlalchemy import delete, or_, select
 from sse_starlette.event import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
@@ -69,7 +97,12 @@ logger = logging.getLogger("service.a2a.sdk_compat")
 
 __all__ = [
     "TERMINAL_TASK_STATES",
+    "RUNNING_STATES",
+    "GuardedRequestHandler",
     "JobContextBuilder",
+    "StoredRow",
+    "delete_rows",
+    "rows_updated_before",
     "card_of",
     "create_rest_v03_routes",
     "job_of",
@@ -142,6 +175,129 @@ def card_of(client: Client) -> AgentCard:
     if not isinstance(card, AgentCard):
         raise RuntimeError("a2a-sdk's client no longer keeps its card in _card")
     return card
+
+
+# --- 6. the SQL task store's rows -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    id: str
+    owner: str
+    state: int
+    last_updated: dt.datetime | None  # naive UTC, as the store writes it
+
+
+async def rows_updated_before(
+    store: DatabaseTaskStore, cutoff: dt.datetime, limit: int = 1000
+) -> list[StoredRow]:
+    """Up to ``limit`` tasks of every owner last updated before ``cutoff`` (naive UTC)."""
+    model = store.task_model
+    await store.initialize()
+    async with store.async_session_maker() as session:
+        stmt = (
+            select(model.id, model.owner, model.status, model.last_updated)
+            .where(model.last_updated < cutoff)
+            .order_by(model.last_updated)
+            .limit(limit)
+        )
+        rows = (await session.execute(stmt)).all()
+    return [
+        StoredRow(task_id, owner or "", _state(status), last_updated)
+        for task_id, owner, status, last_updated in rows
+    ]
+
+
+def _state(status: Any) -> int:
+    name = status.get("state") if isinstance(status, dict) else None
+    try:
+        return TaskState.Value(name) if isinstance(name, str) else TaskState.TASK_STATE_UNSPECIFIED
+    except ValueError:
+        return TaskState.TASK_STATE_UNSPECIFIED
+
+
+async def delete_rows(store: DatabaseTaskStore, task_ids: list[str]) -> int:
+    """Delete these tasks whoever owns them; the number deleted."""
+    if not task_ids:
+        return 0
+    model = store.task_model
+    async with store.async_session_maker.begin() as session:
+        result = await session.execute(delete(model).where(or_(model.id.in_(task_ids))))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- 7. subscribing to a task this process does not run -----------------------------------
+
+RUNNING_STATES = frozenset({TaskState.TASK_STATE_SUBMITTED, TaskState.TASK_STATE_WORKING})
+Interrupt = Callable[[Task, ServerCallContext], Awaitable[Task]]
+
+
+class GuardedRequestHandler(DefaultRequestHandler):
+    """The SDK's handler, with subscriptions that always end (see item 7 above)."""
+
+    def __init__(
+        self, *args: Any, stale_after: float, interrupt: Interrupt, poll: float = 0.25,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(*args, **kwargs)
+        self._stale_after = stale_after
+        self._interrupt = interrupt
+        self._poll = poll
+
+    async def on_subscribe_to_task(
+        self, params: SubscribeToTaskRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Any, None]:
+        if await self._active_task_registry.get(params.id) is not None:
+            async for event in super().on_subscribe_to_task(params, context):
+                yield event
+            return
+        task = _plain(await self.task_store.get(params.id, context))
+        if task is None:
+            raise TaskNotFoundError
+        if task.status.state in TERMINAL_TASK_STATES:
+            raise UnsupportedOperationError(
+                message=f"Task {task.id} is in terminal state: {TaskState.Name(task.status.state)}"
+            )
+        yield task
+        async for event in self._follow(task, context):
+            yield event
+
+    async def _follow(self, task: Task, context: ServerCallContext) -> AsyncIterator[Any]:
+        """Status and artifact updates of ``task`` as the store sees them, to its end."""
+        status, artifacts = task.status, {a.artifact_id for a in task.artifacts}
+        while True:
+            await asyncio.sleep(self._poll)
+            current = _plain(await self.task_store.get(task.id, context))
+            if current is None:
+                raise TaskNotFoundError
+            if current.status.state in RUNNING_STATES and _age(current) > self._stale_after:
+                current = await self._interrupt(current, context)
+            for artifact in current.artifacts:
+                if artifact.artifact_id not in artifacts:
+                    artifacts.add(artifact.artifact_id)
+                    yield TaskArtifactUpdateEvent(
+                        task_id=current.id, context_id=current.context_id, artifact=artifact
+                    )
+            if current.status != status:
+                status = current.status
+                yield TaskStatusUpdateEvent(
+                    task_id=current.id, context_id=current.context_id, status=status
+                )
+            if status.state in TERMINAL_TASK_STATES:
+                return
+
+
+def _plain(stored: Task | StoredTask | None) -> Task | None:
+    # A versioned store returns its task wrapped with a version.
+    return stored.task if isinstance(stored, StoredTask) else stored
+
+
+def _age(task: Task) -> float:
+    """Seconds since the task's status last changed (0 when it carries no time)."""
+    if not task.status.HasField("timestamp"):
+        return 0.0
+    changed = task.status.timestamp.ToDatetime(tzinfo=dt.UTC)
+    return (dt.datetime.now(dt.UTC) - changed).total_seconds()
 
 
 # --- 3. protocol 0.3 HTTP+JSON routes ---------------------------------------------------

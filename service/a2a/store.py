@@ -10,7 +10,10 @@ most TASK_STORE_MAX_TASKS tasks, forgetting the oldest finished ones first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +21,20 @@ from pathlib import Path
 from a2a.auth.user import User
 from a2a.server.context import ServerCallContext
 from a2a.server.tasks import DatabaseTaskStore, InMemoryTaskStore, TaskStore
-from a2a.types import Task
+from a2a.types import Message, Role, Task, TaskState, TaskStatus
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from service.a2a.sdk_compat import TERMINAL_TASK_STATES, resolve_user_scope
+from service.a2a.parts import failure_parts, now
+from service.a2a.sdk_compat import (
+    RUNNING_STATES,
+    TERMINAL_TASK_STATES,
+    delete_rows,
+    resolve_user_scope,
+    rows_updated_before,
+)
+from service.core.errors import TaskInterrupted
 
 logger = logging.getLogger("service.a2a.store")
 
@@ -50,40 +61,73 @@ class _Owner(User):
 
 
 class BoundedInMemoryTaskStore(InMemoryTaskStore):
-    """The SDK's in-memory store with a ceiling: past ``max_tasks`` it forgets the oldest
-    finished tasks (down to 90 % of the ceiling, so the scan is rare). Running tasks are
-    never forgotten."""
+    """The SDK's in-memory store with two ceilings, a task count and the tasks' serialised
+    bytes: past either it forgets the oldest finished tasks (down to 90 % of the ceiling, so
+    the scan is rare). Running tasks are never forgotten."""
 
-    def __init__(self, max_tasks: int) -> None:
+    def __init__(self, max_tasks: int, max_bytes: int = 256 * 1024 * 1024) -> None:
         super().__init__(owner_resolver=resolve_user_scope)
         self.max_tasks = max_tasks
-        self._finished: OrderedDict[tuple[str, str], bool] = OrderedDict()  # oldest first
+        self.max_bytes = max_bytes
+        # (owner, task id) -> (finished, serialised bytes), oldest first.
+        self._kept: OrderedDict[tuple[str, str], tuple[bool, int]] = OrderedDict()
+        self.bytes = 0
 
     async def save(self, task: Task, context: ServerCallContext) -> None:
         await super().save(task, context)
-        self._finished[(resolve_user_scope(context), task.id)] = (
-            task.status.state in TERMINAL_TASK_STATES
-        )
-        if len(self._finished) > self.max_tasks:
-            await self._forget_oldest(len(self._finished) - int(self.max_tasks * 0.9))
+        key = (resolve_user_scope(context), task.id)
+        _, old_size = self._kept.get(key, (False, 0))
+        size = task.ByteSize()
+        # An update keeps the task's place: it is forgotten in the order it was created.
+        self._kept[key] = (task.status.state in TERMINAL_TASK_STATES, size)
+        self.bytes += size - old_size
+        if len(self._kept) > self.max_tasks or self.bytes > self.max_bytes:
+            await self._forget_oldest()
 
     async def delete(self, task_id: str, context: ServerCallContext) -> None:
         await super().delete(task_id, context)
-        self._finished.pop((resolve_user_scope(context), task_id), None)
+        _, size = self._kept.pop((resolve_user_scope(context), task_id), (False, 0))
+        self.bytes -= size
 
-    async def _forget_oldest(self, count: int) -> None:
-        victims = [key for key, finished in self._finished.items() if finished][:count]
+    async def _forget_oldest(self) -> None:
+        count_goal, bytes_goal = int(self.max_tasks * 0.9), int(self.max_bytes * 0.9)
+        victims = []
+        count, total = len(self._kept), self.bytes
+        for key, (finished, size) in self._kept.items():
+            if count <= count_goal and total <= bytes_goal:
+                break
+            if finished:
+                victims.append(key)
+                count, total = count - 1, total - size
         for owner, task_id in victims:
             await self.delete(task_id, ServerCallContext(user=_Owner(owner)))
         if victims:
-            logger.info("forgot finished tasks", extra={"tasks": len(victims)})
+            logger.info(
+                "forgot finished tasks", extra={"tasks": len(victims), "bytes_kept": self.bytes}
+            )
+
+
+@dataclass
+class Sweep:
+    interrupted: int  # running tasks ended failed: nothing can still be running them
+    expired: int  # finished tasks deleted after the retention period
 
 
 @dataclass
 class TaskStorage:
+    """The task store and its upkeep. A SQL store is swept at start and every
+    ``sweep_interval`` seconds: finished tasks older than ``retention`` are deleted, and a
+    task still submitted or working that has not changed for ``stale_after`` seconds (longer
+    than any task can run) is ended failed, "interrupted": its process stopped before it
+    finished."""
+
     store: TaskStore
     engine: AsyncEngine | None  # None for the in-memory store
     description: str  # for the log: never includes a password
+    retention: float = 0.0  # seconds; 0 keeps finished tasks forever
+    stale_after: float = 60.0
+    sweep_interval: float = 60.0
+    _sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if not isinstance(self.store, DatabaseTaskStore):
@@ -91,7 +135,7 @@ class TaskStorage:
         for attempt in range(3):
             try:
                 await self.store.initialize()  # creates the table when missing
-                return
+                break
             except DBAPIError:
                 # Replicas starting together race to create the table; the loser sees
                 # "already exists" (or a locked SQLite file). The table check runs again on
@@ -100,10 +144,72 @@ class TaskStorage:
                     raise
                 logger.info("task store not ready; trying again", exc_info=True)
                 await asyncio.sleep(0.1 * (attempt + 1))
+        await self.sweep()
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def sweep(self) -> Sweep:
+        """One pass of upkeep (see the class docstring); a no-op for the in-memory store."""
+        store = self.store
+        if not isinstance(store, DatabaseTaskStore):
+            return Sweep(0, 0)
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        interrupted = 0
+        stale = now - dt.timedelta(seconds=self.stale_after)
+        for row in await rows_updated_before(store, stale):
+            if row.state in RUNNING_STATES:
+                context = ServerCallContext(user=_Owner(row.owner))
+                task = await store.get(row.id, context)
+                if task is not None and task.status.state in RUNNING_STATES:
+                    await interrupt(store, task, context)
+                    interrupted += 1
+        expired = 0
+        if self.retention:
+            cutoff = now - dt.timedelta(seconds=self.retention)
+            finished = [
+                row.id
+                for row in await rows_updated_before(store, cutoff)
+                if row.state in TERMINAL_TASK_STATES
+            ]
+            expired = await delete_rows(store, finished)
+        if interrupted or expired:
+            logger.info("task store swept", extra={"interrupted": interrupted, "expired": expired})
+        return Sweep(interrupted, expired)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep()
+            except Exception:  # the next pass tries again
+                logger.exception("sweeping the task store failed")
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self.engine is not None:
             await self.engine.dispose()
+
+
+async def interrupt(store: TaskStore, task: Task, context: ServerCallContext) -> Task:
+    """End a task its process left running: failed, with the reason."""
+    task.status.CopyFrom(
+        TaskStatus(
+            state=TaskState.TASK_STATE_FAILED,
+            timestamp=now(),
+            message=Message(
+                role=Role.ROLE_AGENT,
+                message_id=str(uuid.uuid4()),
+                task_id=task.id,
+                context_id=task.context_id,
+                parts=failure_parts(TaskInterrupted()),
+            ),
+        )
+    )
+    await store.save(task, context)
+    logger.warning("task interrupted", extra={"task_id": task.id})
+    return task
 
 
 def database_url(value: str) -> str:
@@ -115,12 +221,29 @@ def database_url(value: str) -> str:
     return f"{_ASYNC_DRIVERS.get(scheme, scheme)}://{rest}"
 
 
-def create_task_storage(task_store_url: str | None, max_tasks: int = 100_000) -> TaskStorage:
-    """The task store TASK_STORE_URL asks for (in memory, bounded, when it is empty)."""
+def create_task_storage(
+    task_store_url: str | None,
+    max_tasks: int = 100_000,
+    max_bytes: int = 256 * 1024 * 1024,
+    *,
+    retention: float = 0.0,
+    stale_after: float = 60.0,
+    sweep_interval: float = 60.0,
+) -> TaskStorage:
+    """The task store TASK_STORE_URL asks for (in memory, bounded, when it is empty), with
+    the SQL store's upkeep (see TaskStorage)."""
     if not task_store_url:
-        return TaskStorage(BoundedInMemoryTaskStore(max_tasks), None, "memory")
+        return TaskStorage(BoundedInMemoryTaskStore(max_tasks, max_bytes), None, "memory")
     url = make_url(database_url(task_store_url))
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, pool_pre_ping=url.get_backend_name() != "sqlite")
-    return TaskStorage(DatabaseTaskStore(engine), engine, url.render_as_string(hide_password=True))
+    description = url.render_as_string(hide_password=True)
+    return TaskStorage(
+        DatabaseTaskStore(engine),
+        engine,
+        description,
+        retention=retention,
+        stale_after=stale_after,
+        sweep_interval=sweep_interval,
+    )

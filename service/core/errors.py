@@ -102,6 +102,15 @@ ERRORS: dict[str, ErrorSpec] = {
             metric_outcome="timeout",
         ),
         ErrorSpec(
+            "task-interrupted",
+            "Task interrupted",
+            503,
+            "The process running an A2A task stopped before the task finished (a crash or a "
+            "kill); the task was ended failed when the service noticed. Send the message "
+            "again. Never a REST answer.",
+            a2a="failed",
+        ),
+        ErrorSpec(
             "not-ready",
             "Service not ready",
             503,
@@ -189,6 +198,18 @@ class RequestTimeout(ServiceError):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"no answer within the request timeout of {seconds:g} s")
         self.seconds = seconds
+
+
+class TaskInterrupted(ServiceError):
+    """An A2A task whose process stopped before it finished."""
+
+    problem = "task-interrupted"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "interrupted: the process running this task stopped before it finished; "
+            "send the message again"
+        )
 
 
 class InternalError(ServiceError):

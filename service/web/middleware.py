@@ -22,6 +22,10 @@ access_logger = logging.getLogger("service.access")
 error_logger = logging.getLogger("service.api")
 
 REQUEST_ID_HEADER = "x-request-id"
+# Metric label values must be bounded: a caller can send any method name, and every new value
+# would be a new time series. Anything else is counted as "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+KNOWN_VERSIONS = frozenset({"1.0", "1.1", "2", "3"})
 # An incoming id is echoed only when it is short and plain (no header or log injection).
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 
@@ -84,8 +88,11 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
             method = scope.get("method", "")
-            _request_counter(method, route, status, scope.get("http_version", "")).inc()
-            _duration_histogram(method, route).observe(elapsed)
+            label = method if method in KNOWN_METHODS else "other"
+            version = scope.get("http_version", "")
+            version = version if version in KNOWN_VERSIONS else "other"
+            _request_counter(label, route, status, version).inc()
+            _duration_histogram(label, route).observe(elapsed)
             if self.access_log:
                 access_logger.info(
                     "request",
