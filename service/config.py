@@ -68,10 +68,19 @@ class Settings(BaseSettings):
     # --- guard ------------------------------------------------------------------------
     ollama_host: str = "http://127.0.0.1:11434"
     guard_model: str = "llama-guard3:1b"
-    guard_timeout: float = Field(10.0, gt=0)
-    guard_retries: int = Field(2, ge=0, le=10)
+    # Seconds per guard call attempt, and retries after a failed one. The defaults fit the
+    # request deadline: both screens of a classify call (input, then output), every attempt
+    # timing out, take 2 x (6 x 2 + 0.2) = 24.4 s < REQUEST_TIMEOUT (see guard_deadline_warning).
+    guard_timeout: float = Field(6.0, gt=0)
+    guard_retries: int = Field(1, ge=0, le=10)
     guard_retry_backoff: float = Field(0.2, ge=0)
     guard_concurrency: int = Field(8, ge=1)
+    # Guard calls that may wait for one of the GUARD_CONCURRENCY slots; past it a screen is
+    # refused at once (503, Retry-After) instead of timing out in a queue.
+    guard_queue: int = Field(256, ge=0)
+    # Share of the running-or-waiting guard calls one caller (token name, or client address
+    # when auth is off) may hold.
+    guard_caller_share: float = Field(0.5, gt=0, le=1)
     guard_keep_alive: str = "30m"
     guard_num_predict: int = Field(16, ge=1)
     guard_cache_size: int = Field(4096, ge=0)

@@ -13,9 +13,12 @@ answer from the guard model.
   backoff from ``GUARD_RETRY_BACKOFF``. A 4xx (404 means the guard model is missing), a
   malformed body, and an answer that cannot be parsed are not retried; neither is an unsafe
   verdict, which is an answer, not a failure.
-- At most ``GUARD_CONCURRENCY`` calls are in flight to Ollama; concurrent identical screens
-  share one call, and successful verdicts are cached (LRU, ``GUARD_CACHE_SIZE`` entries,
-  ``GUARD_CACHE_TTL`` seconds).
+- At most ``GUARD_CONCURRENCY`` calls are in flight to Ollama and ``GUARD_QUEUE`` more wait;
+  past that, and past one caller's ``GUARD_CALLER_SHARE`` of them, a screen is refused at
+  once (``overloaded``, see :mod:`service.guard.admission`). Concurrent identical screens
+  share one call, which is cancelled when every caller waiting for it has gone away, and
+  successful verdicts are cached (LRU, ``GUARD_CACHE_SIZE`` entries, ``GUARD_CACHE_TTL``
+  seconds).
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import ollama
 
+from service.guard.admission import Admission, caller
 from service.guard.cache import VerdictCache, conversation_key
 from service.guard.metrics import (
+    GUARD_ABANDONED,
     GUARD_CACHE_HITS,
     GUARD_CALLS,
     GUARD_CATEGORIES,
@@ -66,6 +71,10 @@ class LlamaGuard:
         self._semaphore = asyncio.Semaphore(settings.guard_concurrency)
         self._cache = VerdictCache(settings.guard_cache_size, settings.guard_cache_ttl)
         self._inflight: dict[str, asyncio.Future[ScanResult]] = {}
+        self._waiters: dict[asyncio.Future[ScanResult], int] = {}  # callers awaiting a call
+        self._admission = Admission(
+            settings.guard_concurrency, settings.guard_queue, settings.guard_caller_share
+        )
         self._block_categories = tuple(settings.guard_block_categories)
         self._options = {"temperature": 0, "num_predict": settings.guard_num_predict}
         self._keep_alive = _keep_alive(settings.guard_keep_alive)
@@ -115,25 +124,44 @@ class LlamaGuard:
         call = self._inflight.get(key)
         joined = call is not None
         if call is None:
+            who = caller.get()
+            refusal = self._admission.enter(who)
+            if refusal is not None:  # refused at once, not left to time out in a queue
+                GUARD_CALLS.labels(stage, "error").inc()
+                GUARD_ERRORS.labels("overloaded").inc()
+                raise GuardError(
+                    "overloaded", refusal.reason, retry_after=self.settings.guard_retry_after
+                )
             call = asyncio.ensure_future(self._call(conversation, key, stage))
             self._inflight[key] = call
-            call.add_done_callback(lambda done: self._call_done(key, done))
+            self._waiters[call] = 0
+            call.add_done_callback(lambda done: self._call_done(key, done, who))
         else:
             GUARD_CACHE_HITS.labels("inflight").inc()
+        self._waiters[call] += 1
         try:
-            # shield: a caller that goes away must not cancel a call others are waiting on.
+            # shield: one caller going away must not cancel a call others still wait on;
+            # the last one to go cancels it (below), so abandoned work stops.
             verdict = await asyncio.shield(call)
         except GuardError as error:
             GUARD_CALLS.labels(stage, "error").inc()
             GUARD_ERRORS.labels(error.kind).inc()
             raise
+        finally:
+            if call in self._waiters:
+                self._waiters[call] -= 1
+                if self._waiters[call] == 0 and not call.done():
+                    call.cancel()  # nobody waits for this verdict any more
+                    GUARD_ABANDONED.inc()
         if joined:
             verdict = replace(verdict, cached=True, latency_ms=_ms_since(started))
         return self._count(verdict, stage)
 
-    def _call_done(self, key: str, call: asyncio.Future[ScanResult]) -> None:
+    def _call_done(self, key: str, call: asyncio.Future[ScanResult], who: str) -> None:
         if self._inflight.get(key) is call:
             del self._inflight[key]
+        self._waiters.pop(call, None)
+        self._admission.leave(who)
         if not call.cancelled():
             call.exception()  # mark retrieved: errors reach the callers through shield()
 

@@ -39,3 +39,7 @@ GUARD_RETRIES = Counter(
     "Guard calls retried after a connection-type failure, by error kind.",
     ["kind"],
 )
+GUARD_ABANDONED = Counter(
+    "guard_calls_abandoned_total",
+    "Guard calls cancelled because every caller waiting for their verdict went away.",
+)

@@ -18,7 +18,9 @@ from typing import Any, Literal, Protocol
 from service.core.errors import ServiceError
 
 Role = Literal["user", "assistant"]
-ErrorKind = Literal["timeout", "connection", "http", "model_missing", "malformed", "unparseable"]
+ErrorKind = Literal[
+    "timeout", "connection", "http", "model_missing", "malformed", "unparseable", "overloaded"
+]
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ class GuardError(ServiceError):
     ``kind`` says why: ``timeout``, ``connection`` (refused, DNS, dropped), ``http`` (an error
     status from Ollama), ``model_missing`` (the guard model is not pulled), ``malformed`` (a
     body that is not the JSON Ollama sends) or ``unparseable`` (the model's answer is neither
-    ``safe`` nor ``unsafe`` with category codes). ``message`` is what a caller is told; it never
+    ``safe`` nor ``unsafe`` with category codes) or ``overloaded`` (the guard's queue, or the
+    caller's share of it, is full: refused at once). ``message`` is what a caller is told; it never
     includes the internal ``detail`` (which ``str(error)`` has, for the log).
     """
 

@@ -1,11 +1,11 @@
 """Bearer-token authentication for the whole API (REST /v1 and every A2A route).
 
 With API_TOKENS set (comma-separated ``name:token`` entries; a caller may have two tokens, so
-a new token can be rolled out before the old one is dropped), every request needs ``Authorization: Bearer <one of the
-tokens>``; anything else answers 401 problem+json with ``WWW-Authenticate: Bearer``. Closed by
-default: only the paths in :data:`OPEN_PATHS` (probes, metrics, the public agent card, the API
-docs and the problem-type pages) stay open. Without API_TOKENS nothing is protected and a
-warning is logged at startup.
+a new token can be rolled out before the old one is dropped), every request needs
+``Authorization: Bearer <one of the tokens>``; anything else answers 401 problem+json with
+``WWW-Authenticate: Bearer``. Closed by default: only the paths in :data:`OPEN_PATHS` (probes,
+metrics, the public agent card, the API docs and the problem-type pages) stay open. Without
+API_TOKENS nothing is protected and a warning is logged at startup.
 
 Each token has an identity, its name: the caller is set on the request as a Starlette user
 (``scope["user"]``), so A2A tasks are stored with it as their owner and every task method

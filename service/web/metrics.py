@@ -16,3 +16,7 @@ HTTP_DURATION = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 HTTP_IN_FLIGHT = Gauge("http_requests_in_flight", "HTTP requests being handled now.")
+CLIENT_GONE = Counter(
+    "http_requests_abandoned_total",
+    "Requests whose client went away before the answer; their work was cancelled.",
+)

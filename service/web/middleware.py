@@ -3,6 +3,7 @@ size limit. Both are plain ASGI (no BaseHTTPMiddleware), so bodies stream throug
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -13,9 +14,10 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.guard.admission import caller
 from service.logging import reset_request_id, set_request_id
 from service.web.auth import caller_of
-from service.web.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
+from service.web.metrics import CLIENT_GONE, HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
 from service.web.problems import internal_error_response, problem_response
 
 access_logger = logging.getLogger("service.access")
@@ -197,3 +199,69 @@ class BodyLimitMiddleware:
             headers={"Connection": "close"} if scope.get("http_version") == "1.1" else None,
         )
         await response(scope, receive, send)
+
+
+class RequestLifetimeMiddleware:
+    """Ties the work of a request to the caller being there.
+
+    - Sets who is asking (:data:`service.guard.admission.caller`: the API token's name, or
+      the client address when auth is off) for the guard's per-caller share.
+    - Once the body has been read, watches for the client going away (``http.disconnect``:
+      an HTTP/2 stream reset, a closed connection) and cancels the request's work if the
+      response has not finished: the pipeline call stops, and a guard call nobody else
+      waits for is cancelled with it. The app still sees the disconnect on ``receive``
+      (streaming responses stop on it).
+
+    Sits inside the auth middleware, which names the caller.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = caller.set(caller_of(scope) or _client(scope).rsplit(":", 1)[0])
+        gone = asyncio.Event()
+        finished = False
+        watcher: asyncio.Task[None] | None = None
+        work = asyncio.current_task()
+
+        async def watch() -> None:
+            message = await receive()
+            while message["type"] != "http.disconnect":  # nothing else comes after the body
+                message = await receive()
+            gone.set()
+            if not finished and work is not None:
+                CLIENT_GONE.inc()
+                work.cancel()
+
+        async def guarded_receive() -> Message:
+            nonlocal watcher
+            if watcher is not None:  # the body is in: only a disconnect can come now
+                await gone.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            elif not message.get("more_body", False):
+                watcher = asyncio.create_task(watch())
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal finished
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, tracking_send)
+        except asyncio.CancelledError:
+            if not gone.is_set() or finished:
+                raise  # not ours: the server is cancelling the request
+            # The client went away; there is nobody to answer.
+        finally:
+            caller.reset(token)
+            if watcher is not None:
+                watcher.cancel()
