@@ -117,6 +117,10 @@ def create_app(
     app.add_middleware(RequestLifetimeMiddleware)  # inside auth: it reads the caller
     install_auth(app, settings)  # bearer tokens (API_TOKENS) on everything but open paths
     # Added last = outermost: the request id exists before the body limit can refuse.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_timeout,
+    )
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     return app

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     keep_alive_max_requests: int = Field(1_000_000_000, ge=1)
     # Seconds an idle connection stays open.
     keep_alive_timeout: float = Field(75.0, gt=0)
+    # Client connections one server process holds open at once; past it new ones are closed
+    # at once (0: no ceiling).
+    max_connections: int = Field(1024, ge=0)
     # Concurrent streams one HTTP/2 connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
     h2_max_concurrent_streams: int = Field(256, ge=1)
 
@@ -61,6 +64,8 @@ class Settings(BaseSettings):
 
     # --- request limits ---------------------------------------------------------------
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # Seconds from a request's start by which its whole body must have arrived (else 408).
+    body_timeout: float = Field(30.0, gt=0)
     max_text_chars: int = Field(20_000, ge=1)
     max_batch: int = Field(64, ge=1)
     request_timeout: float = Field(30.0, gt=0)

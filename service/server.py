@@ -35,6 +35,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError
 
+from service import connection_limit
 from service.config import Settings
 from service.logging import configure_logging
 
@@ -89,6 +90,7 @@ async def serve_async(settings: Settings, sock: socket.socket) -> None:
     except Exception as exc:
         logger.error("startup failed: %s: %s", type(exc).__name__, exc)
         raise StartupFailed from exc
+    connection_limit.install(settings.max_connections)
     config = build_config(settings, fd=sock.detach())  # Hypercorn owns the descriptor now
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

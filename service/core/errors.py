@@ -75,6 +75,14 @@ ERRORS: dict[str, ErrorSpec] = {
             a2a=None,
         ),
         ErrorSpec(
+            "body-timeout",
+            "Request body too slow",
+            408,
+            "The request body did not fully arrive within BODY_TIMEOUT seconds of the request's "
+            "start; the request was not processed.",
+            a2a=None,
+        ),
+        ErrorSpec(
             "model-not-found",
             "Unknown model",
             404,

@@ -140,8 +140,19 @@ class BodyTooLarge(HTTPException):
     """Raised from ``receive`` as soon as the body passes the limit (FastAPI re-raises
     HTTPExceptions from body reading, so the problem handler answers 413)."""
 
+    slug = "body-too-large"
+
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
+
+
+class BodyTimeout(HTTPException):
+    """Raised from ``receive`` when the body has not fully arrived in time (408)."""
+
+    slug = "body-timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"the request body did not arrive within {seconds:g} s")
 
 
 class BodyLimitMiddleware:
@@ -149,9 +160,10 @@ class BodyLimitMiddleware:
     counting while the body streams in (HTTP/2 and chunked bodies need not declare a length),
     so an oversized body is never read past the limit."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -165,14 +177,25 @@ class BodyLimitMiddleware:
 
         received = 0
         response_started = False
+        body_done = False
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:
+                return await receive()  # only a disconnect can come now
+            try:
+                # The whole body must arrive by the deadline: a client that sends half a body
+                # and stalls (or trickles a byte at a time) does not hold the stream open.
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(self.body_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLarge(limit)
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -183,17 +206,19 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge as exc:
+        except (BodyTooLarge, BodyTimeout) as exc:
             if response_started:
                 raise
             await self._refuse(scope, receive, send, exc)
 
     @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, exc: BodyTooLarge) -> None:
+    async def _refuse(
+        scope: Scope, receive: Receive, send: Send, exc: BodyTooLarge | BodyTimeout
+    ) -> None:
         response = problem_response(
             None,
-            413,
-            "body-too-large",
+            exc.status_code,
+            exc.slug,
             str(exc.detail),
             path=scope.get("path", ""),
             headers={"Connection": "close"} if scope.get("http_version") == "1.1" else None,

@@ -123,6 +123,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     headers = dict(exc.headers or {})
     if exc.status_code == 413:
         return problem_response(request, 413, "body-too-large", str(exc.detail), headers=headers)
+    if exc.status_code == 408:
+        return problem_response(request, 408, "body-timeout", str(exc.detail), headers=headers)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.url.path}"
