@@ -5,8 +5,10 @@ test_auth.py for the protected agent)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -489,12 +491,18 @@ async def test_get_and_list_tasks_over_every_binding(http: httpx.AsyncClient) ->
 async def test_cancel_a_running_task(
     http: httpx.AsyncClient, double: OllamaDouble, version: str
 ) -> None:
-    double.set_latency(2.0)  # the input screen takes 2 s: the task is still running
+    latency = 1.0
+    double.set_latency(latency)  # the input screen takes 1 s: the task is still running
     # Answer at once with the submitted task instead of waiting for the end.
     configuration = {"returnImmediately": True} if version == "1.0" else {"blocking": False}
     params = {"message": message(version, {"text": GOOD}), "configuration": configuration}
     task = task_of((await rpc(http, SEND[version], params, version=version))["result"], version)
     assert state(task) in ("submitted", "working")
+    for _ in range(500):  # until the input screen is with the guard (at most ~5 s)
+        if double.chat_requests:
+            break
+        await asyncio.sleep(0.01)
+    [input_screen] = double.chat_requests
 
     canceled = await rpc(http, CANCEL[version], {"id": task["id"]}, version=version)
     assert state(canceled["result"]) == "canceled", canceled
@@ -502,8 +510,12 @@ async def test_cancel_a_running_task(
     assert state(got) == "canceled" and not got.get("artifacts")
     again = await rpc(http, CANCEL[version], {"id": task["id"]}, version=version)
     assert again["error"]["code"] == -32002  # task not cancelable: it already ended
-    # The abandoned request never reached the output screen.
-    assert all(len(r.body["messages"]) == 1 for r in double.chat_requests)
+    # The abandoned request never reached the output screen, even once its input screen
+    # answered (a request that went on would be screening its result by then).
+    await asyncio.sleep(max(0.0, input_screen.at + latency + 0.5 - time.monotonic()))
+    assert [r.body["messages"] for r in double.chat_requests] == [
+        [{"role": "user", "content": GOOD}]
+    ]
 
 
 @pytest.mark.parametrize("version", ["1.0", "0.3"])
@@ -554,7 +566,11 @@ async def test_blocked_input_is_rejected_naming_the_categories(
             "indices": [1],
         }
     ]
-    assert all(len(r.body["messages"]) == 1 for r in double.chat_requests)
+    # Both texts were screened as input; nothing the model said was screened.
+    screened = [r.body["messages"] for r in double.chat_requests]
+    assert len(screened) == 2
+    for text in ("A nice film.", "How to build a bomb"):
+        assert [{"role": "user", "content": text}] in screened
 
 
 async def test_blocked_output_is_rejected(http: httpx.AsyncClient, double: OllamaDouble) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from service.models.artifacts import NAMES
+from service.models.registry import LoadedModel, ModelRegistry
 from tests.helpers import ServerProcess, curl, h2_client, running_server
 from tests.ollama_double import OllamaDouble
 
@@ -32,6 +35,24 @@ def server(double: OllamaDouble) -> Iterator[ServerProcess]:
 async def client(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
     async with h2_client(server) as http:
         yield http
+
+
+@pytest.fixture(scope="module")
+def reference() -> ModelRegistry:
+    """The same artifacts loaded in the test process, to recompute what the server answers."""
+    return ModelRegistry.load()
+
+
+def _positive_probability(model: LoadedModel, texts: list[str]) -> list[float]:
+    """P(positive) from the module's raw output: sigmoid of the CNN's one logit, softmax of
+    the Switch Transformer's two."""
+    with torch.inference_mode():
+        out = model.module(model.vectorizer(texts))
+    if model.card["architecture"] == "cnn":
+        return [1 / (1 + math.exp(-float(logit))) for logit in out]
+    return [
+        math.exp(float(pos)) / (math.exp(float(neg)) + math.exp(float(pos))) for neg, pos in out
+    ]
 
 
 def _split_curl(output: str) -> tuple[list[str], str]:
@@ -121,21 +142,26 @@ async def test_classify_negative_review(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize("model", NAMES)
 async def test_classify_a_batch_with_each_model(
-    client: httpx.AsyncClient, double: OllamaDouble, model: str
+    client: httpx.AsyncClient, double: OllamaDouble, reference: ModelRegistry, model: str
 ) -> None:
     texts = [GOOD, BAD, "It was a film. It had actors in it."]
     response = await client.post("/v1/classify", json={"texts": texts, "model": model})
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["model"]["name"] == model and answer["model"]["version"]
+    assert answer["model"] == {"name": model, "version": reference.info(model).version}
     assert [r["index"] for r in answer["results"]] == [0, 1, 2]
-    for result in answer["results"]:
+    # Each answer is the named model's own output on that text (recomputed here from the
+    # module's logits), not another model's, another text's or a constant.
+    expected = _positive_probability(reference.get(model), texts)
+    for result, positive in zip(answer["results"], expected, strict=True):
         probabilities = result["probabilities"]
         assert set(probabilities) == {"negative", "positive"}
-        assert math.isclose(sum(probabilities.values()), 1.0, abs_tol=1e-6)
-        assert result["label"] == max(probabilities, key=probabilities.get)
-        assert result["score"] == probabilities[result["label"]]
+        assert probabilities["positive"] == pytest.approx(positive, abs=1e-5)
+        assert probabilities["negative"] == pytest.approx(1 - positive, abs=1e-5)
+        assert result["label"] == ("positive" if positive >= 0.5 else "negative")
+        assert result["score"] == pytest.approx(max(positive, 1 - positive), abs=1e-5)
         assert result["screens"]["input"]["safe"] and result["screens"]["output"]["safe"]
+    assert [r["label"] for r in answer["results"][:2]] == ["positive", "negative"]
     # Both screens of every text reached the guard.
     conversations = [r.body["messages"] for r in double.chat_requests]
     assert len(conversations) == 2 * len(texts)
@@ -251,7 +277,10 @@ async def test_request_id_is_echoed_and_in_every_log_line_of_the_request(
 async def test_unusable_request_ids_are_replaced(client: httpx.AsyncClient, given: str) -> None:
     response = await client.get("/healthz", headers={"X-Request-ID": given})
     generated = response.headers["x-request-id"]
-    assert generated != given and len(generated) == 32 and int(generated, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{32}", generated), generated
+    # A fresh random id per request, not a fixed placeholder.
+    again = (await client.get("/healthz", headers={"X-Request-ID": given})).headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", again) and again != generated
 
 
 async def test_100_concurrent_streams_on_one_connection(

@@ -69,8 +69,12 @@ async def test_blocked_input(client: httpx.AsyncClient, double: OllamaDouble) ->
         {"code": "S1", "name": "Violent Crimes"},
     ]
     assert "results" not in body
-    # Nothing the model said was screened, let alone returned.
-    assert all(len(r.body["messages"]) == 1 for r in double.chat_requests)
+    # Both texts were screened as input; nothing the model said was screened, let alone
+    # returned.
+    screened = [r.body["messages"] for r in double.chat_requests]
+    assert len(screened) == 2
+    for text in ("A nice film.", "How to build a bomb"):
+        assert [{"role": "user", "content": text}] in screened
 
 
 async def test_blocked_output(client: httpx.AsyncClient, double: OllamaDouble) -> None:

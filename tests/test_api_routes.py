@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = "sentiment-cnn-int8"
 
 A2A_1 = {"A2A-Version": "1.0"}
+
+
+SENT_TEXTS = {"A lovely film.", "A dreadful film."}  # every text _requests() sends
 
 
 def _requests() -> list[tuple[dict[str, str], dict[str, Any]]]:
@@ -91,9 +95,11 @@ def _concrete(path: str) -> str:
 
 
 async def _walk_every_route(
-    app: FastAPI, client: httpx.AsyncClient, failures: list[str] | None = None
-) -> list[httpx.Response]:
-    failures = [] if failures is None else failures
+    app: FastAPI, client: httpx.AsyncClient
+) -> tuple[list[httpx.Response], list[str]]:
+    """Every route with every method and request shape: the answers, and the calls that got
+    no answer at all (as "METHOD /path: ExceptionName")."""
+    failures: list[str] = []
     responses = []
     for route in iter_route_contexts(app.routes):
         if route.path is None:
@@ -113,7 +119,7 @@ async def _walk_every_route(
                     failures.append(f"{method} {route.path}: {type(exc).__name__}")
                     continue
                 responses.append(response)
-    return responses
+    return responses, failures
 
 
 def _results_in(response: httpx.Response) -> list[dict[str, Any]]:
@@ -144,6 +150,20 @@ def _results_in(response: httpx.Response) -> list[dict[str, Any]]:
     return found
 
 
+def _assert_every_call_answered(failures: list[str]) -> None:
+    """Only a stream may end without an answer (reset after it started); every other call
+    answers, so a walk cannot pass by raising everywhere."""
+    unanswered = [f for f in failures if not re.search(r":(stream|subscribe): ", f)]
+    assert unanswered == [], unanswered
+
+
+def _assert_only_inside_classify(calls: list[dict[str, Any]]) -> None:
+    """The spy saw the model run, only inside the pipeline's classify, only on texts sent."""
+    assert calls, "no route reached the model: the walk proves nothing"
+    assert {call["pipeline"] for call in calls} == {"classify"}
+    assert {text for call in calls for text in call["texts"]} <= SENT_TEXTS
+
+
 async def test_every_route_reaches_models_only_through_the_pipeline(
     make_client: Callable[..., Any], registry: ModelRegistry, ollama_double: OllamaDouble
 ) -> None:
@@ -155,7 +175,9 @@ async def test_every_route_reaches_models_only_through_the_pipeline(
     spy.calls.clear()
 
     # LlamaGuard says safe: results come back, and each carries both screens' verdicts.
-    responses = await _walk_every_route(app, client)
+    responses, failures = await _walk_every_route(app, client)
+    _assert_every_call_answered(failures)
+    calls = len(responses) + len(failures)
     with_results = [r for r in responses if _results_in(r)]
     paths = {r.request.url.path for r in with_results}
     # REST and A2A (JSON-RPC at / and at its own path, HTTP+JSON) all answered.
@@ -164,20 +186,28 @@ async def test_every_route_reaches_models_only_through_the_pipeline(
         for result in _results_in(response):
             assert result["screens"]["input"]["safe"] is True
             assert result["screens"]["output"]["safe"] is True
-    assert spy.calls and all(call["pipeline"] == "classify" for call in spy.calls)
+    _assert_only_inside_classify(spy.calls)
 
-    # LlamaGuard says unsafe to everything: no route returns any model result.
+    # LlamaGuard says unsafe to everything: no route returns any model result. The verdicts
+    # are slowed down so the inference that runs alongside the input screen has started
+    # before each refusal: those model calls must be inside classify too.
     ollama_double.set_rules(default="unsafe\nS1")
+    ollama_double.set_latency(0.05)
     spy.calls.clear()
-    responses = await _walk_every_route(app, client)
+    responses, failures = await _walk_every_route(app, client)
+    _assert_every_call_answered(failures)
+    assert len(responses) + len(failures) == calls
     assert not [r for r in responses if _results_in(r)]
-    assert all(call["pipeline"] == "classify" for call in spy.calls)
+    _assert_only_inside_classify(spy.calls)
+    ollama_double.set_latency(0.0)
 
     # LlamaGuard blocks only replies: the model runs, its answers are still never returned.
     ollama_double.set_rules([("positive (", "unsafe\nS5"), ("negative (", "unsafe\nS5")])
     spy.calls.clear()
-    responses = await _walk_every_route(app, client)
-    assert spy.calls and all(call["pipeline"] == "classify" for call in spy.calls)
+    responses, failures = await _walk_every_route(app, client)
+    _assert_every_call_answered(failures)
+    assert len(responses) + len(failures) == calls
+    _assert_only_inside_classify(spy.calls)
     assert not [r for r in responses if _results_in(r)]
     blocked = [
         r.json()

@@ -411,7 +411,8 @@ def test_scale_override_shares_postgres_behind_an_http2_balancer() -> None:
     (endpoint,) = cluster.load_assignment.endpoints[0].lb_endpoints
     address = endpoint.endpoint.address.socket_address
     assert (address.address, address.port_value) == ("api", 8080)
-    assert "api" in services
+    # ... which is where the replicas listen: the port the api service is configured with.
+    assert settings_from(api_environment(merged)).port == address.port_value
 
 
 def envoy_bootstrap() -> Any:

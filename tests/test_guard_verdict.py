@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from service.guard import Category, Decision, GuardError, Message, ScanResult, ScanStatus
@@ -150,8 +152,18 @@ def test_cache_key_covers_model_roles_and_boundaries() -> None:
         conversation_key(MODEL, [Message("user", "a"), Message("user", "b")]),
     }
     assert len(keys) == 5
-    assert conversation_key(MODEL, user) == conversation_key(MODEL, [Message("user", "a")])
-    assert len(conversation_key(MODEL, user)) == 64  # SHA-256 hex
+    # The SHA-256 of the model and the role-tagged turns as compact JSON, written out here
+    # by hand: a key of the content (not of the objects holding it), with quotes, commas and
+    # non-ASCII text kept apart from the structure.
+    for conversation, payload in (
+        (user, '["llama-guard3:1b",[["user","a"]]]'),
+        (
+            [Message("user", "Ça va?"), Message("assistant", 'a "b", c')],
+            '["llama-guard3:1b",[["user","Ça va?"],["assistant","a \\"b\\", c"]]]',
+        ),
+    ):
+        expected = hashlib.sha256(payload.encode("utf-8")).hexdigest()
+        assert conversation_key(MODEL, conversation) == expected, payload
 
 
 # --- error classification and model names -----------------------------------------------------

@@ -280,6 +280,10 @@ def test_forward_writes_no_attribute_on_any_module(
         lambda: model.switch(torch.randn(2, 8, config.embed_dim)),
     ]
     monkeypatch.setattr(nn.Module, "__setattr__", spy)
+    # The spy sees a write on any module (the control: an empty list below means no write).
+    nn.Identity().probe = True
+    assert writes == [("Identity", "probe")]
+    writes.clear()
     for call in calls:
         call()
         with torch.inference_mode():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -80,8 +79,10 @@ async def test_every_text_is_screened_as_input_and_its_result_as_output(
     conversations = _conversations(ollama_double)
     assert len(conversations) == 4
     for text, result in zip(texts, outcome.results, strict=True):
-        assert re.fullmatch(r"(positive|negative) \(\d\.\d\d\)", result.rendered)
         assert result.rendered == render_prediction(result.prediction)
+        # The reply is the prediction itself, as the guard is shown it.
+        prediction = result.prediction
+        assert result.rendered == f"{prediction.label} ({prediction.score:.2f})"
         assert [("user", text)] in conversations
         assert [("user", text), ("assistant", result.rendered)] in conversations
         assert result.input_screen.safe and result.input_screen.status is ScanStatus.OK
@@ -103,7 +104,11 @@ async def test_blocked_input_is_refused_and_no_output_is_screened(
     assert caught.value.stage == "input"
     assert caught.value.indices == (1,)
     assert [(c.code, c.name) for c in caught.value.categories] == [("S9", "Indiscriminate Weapons")]
-    assert all(len(conversation) == 1 for conversation in _conversations(ollama_double))
+    # Both texts were screened as input, and nothing else: no result was screened as output.
+    assert sorted(_conversations(ollama_double)) == [
+        [("user", "A lovely film.")],
+        [("user", "How do I build a bomb at home?")],
+    ]
 
 
 async def test_blocked_output_is_refused(

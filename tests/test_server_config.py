@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import logging
+import re
 import sys
 
 import pytest
@@ -60,7 +61,8 @@ def test_request_id_is_kept_only_when_sane(given: str | None, kept: bool) -> Non
     chosen = choose_request_id(given)
     assert (chosen == given) is kept
     if not kept:
-        assert len(chosen) == 32 and int(chosen, 16) >= 0
+        assert re.fullmatch(r"[0-9a-f]{32}", chosen), chosen
+        assert choose_request_id(given) != chosen  # a fresh random id each time
 
 
 def test_json_log_lines_carry_the_request_id_and_extras() -> None:
