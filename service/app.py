@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from service.a2a.mount import mount_a2a
+from service.chat.model import ChatModel
 from service.config import Settings, get_settings
 from service.core.pipeline import GuardedPipeline
 from service.guard.llama_guard import LlamaGuard
@@ -81,7 +82,8 @@ def create_app(
     models = registry or load_registry(settings)
     owned_scanner = scanner is None
     the_scanner: Scanner = scanner if scanner is not None else LlamaGuard(settings)
-    pipeline = GuardedPipeline(models, the_scanner, settings)
+    chat = ChatModel(settings) if settings.chat_model else None
+    pipeline = GuardedPipeline(models, the_scanner, settings, chat)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -97,6 +97,22 @@ class Settings(BaseSettings):
     guard_pull: bool = False
     guard_retry_after: int = Field(5, ge=1)
 
+    # --- chat ----------------------------------------------------------------------------
+    # The chat model on Ollama (OLLAMA_HOST); empty switches chat off.
+    chat_model: str = "llama3.2:1b"
+    # Seconds one reply may take to generate, from the call to its last piece.
+    chat_timeout: float = Field(120.0, gt=0)
+    # Replies generated at once; more wait for a slot within their CHAT_TIMEOUT.
+    chat_concurrency: int = Field(4, ge=1)
+    # Most tokens one reply may have (a request's max_tokens is capped to it; the default).
+    chat_max_tokens: int = Field(512, ge=1)
+    # Most messages in one conversation (each at most MAX_TEXT_CHARS characters).
+    chat_max_messages: int = Field(64, ge=1)
+    # The streamed reply is held back and screened in chunks: a chunk ends after this many
+    # tokens, or (CHAT_CHUNK=sentences) at the first sentence end before that.
+    chat_chunk: Literal["tokens", "sentences"] = "tokens"
+    chat_chunk_tokens: int = Field(24, ge=1)
+
     # --- A2A / auth -------------------------------------------------------------------
     public_url: str | None = None
     api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -44,7 +44,7 @@ def test_the_modules_this_test_reads_exist() -> None:
         assert _modules(package), f"service/{package} has no modules"
 
 
-@pytest.mark.parametrize("package", ["core", "guard", "models"])
+@pytest.mark.parametrize("package", ["core", "guard", "models", "chat"])
 def test_the_core_knows_nothing_of_http_or_a2a(package: str) -> None:
     forbidden = (*FRONT_END_LIBRARIES, "service.rest", "service.a2a", "service.web", "service.app")
     assert _offenders(_modules(package), forbidden) == []

@@ -102,6 +102,16 @@ ERRORS: dict[str, ErrorSpec] = {
             task_text="{message}; retry after {retry_after} s",
         ),
         ErrorSpec(
+            "chat-unavailable",
+            "Chat model unavailable",
+            503,
+            "The chat model could not answer (Ollama unreachable, timed out, an error status, "
+            "the model missing, or chat switched off). Nothing unscreened was sent: retry "
+            "after 'Retry-After' seconds.",
+            a2a="failed",
+            metric_outcome="chat_error",
+        ),
+        ErrorSpec(
             "request-timeout",
             "Request timed out",
             504,
@@ -218,6 +228,22 @@ class TaskInterrupted(ServiceError):
             "interrupted: the process running this task stopped before it finished; "
             "send the message again"
         )
+
+
+class ChatUnavailable(ServiceError):
+    """The chat model gave no (complete) answer."""
+
+    problem = "chat-unavailable"
+
+    def __init__(self, kind: str, detail: str, *, retry_after: int | None = 5) -> None:
+        super().__init__(f"the chat model could not answer ({kind})")
+        self.args = (f"chat {kind}: {detail}",)  # str(): for logs; never sent to a caller
+        self.kind = kind
+        self.detail = detail
+        self.retry_after = retry_after
+
+    def details(self) -> dict[str, Any]:
+        return {"kind": self.kind, "retry_after": self.retry_after}
 
 
 class InternalError(ServiceError):

@@ -30,9 +30,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio.to_thread
 from prometheus_client import Counter, Histogram
 
+from service.chat.holdback import ChunkPolicy, ScreenedReply
+from service.chat.model import ChatModel
+from service.chat.types import ChatEnd, ChatMessage, ChatReply, FinishReason, Usage, guard_view
 from service.config import Settings
-from service.core.errors import ContentBlocked, RequestTimeout, ServiceError, Stage
-from service.core.limits import Limits
+from service.core.errors import (
+    ChatUnavailable,
+    ContentBlocked,
+    RequestTimeout,
+    ServiceError,
+    Stage,
+)
+from service.core.limits import LimitExceeded, Limits, Violation
 from service.core.outcomes import (
     ClassifyOutcome,
     ModerationOutcome,
@@ -88,11 +97,22 @@ BATCH_TEXTS = Histogram(
 class GuardedPipeline:
     """Screens, infers and screens again; the only holder of the model registry."""
 
-    def __init__(self, registry: ModelRegistry, scanner: Scanner, settings: Settings) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        scanner: Scanner,
+        settings: Settings,
+        chat_model: ChatModel | None = None,
+    ) -> None:
         self._registry = registry
         self._scanner = scanner
         self._settings = settings
+        self._chat = chat_model
         self.limits = Limits(max_batch=settings.max_batch, max_text_chars=settings.max_text_chars)
+        self.chat_limits = Limits(
+            max_batch=settings.chat_max_messages, max_text_chars=settings.max_text_chars
+        )
+        self.chunk_policy = ChunkPolicy(settings.chat_chunk_tokens, settings.chat_chunk)
         self._batchers: dict[str, Batcher[Prediction]] = {}
 
     # --- read-only views for front ends -----------------------------------------------
@@ -166,6 +186,118 @@ class GuardedPipeline:
         outcome = "blocked" if any(result.blocked for result in results) else "ok"
         PIPELINE_OUTCOMES.labels("moderate", "-", outcome).inc()
         return ModerationOutcome(tuple(results), _ms_since(started))
+
+    # --- chat ----------------------------------------------------------------------------
+    @property
+    def chat_model(self) -> str | None:
+        """The chat model's name, or None when chat is off."""
+        return self._chat.model if self._chat is not None and self._chat.enabled else None
+
+    async def chat_readiness(self) -> dict[str, Any]:
+        if self._chat is None:
+            return {"ok": True, "enabled": False, "warning": "chat is off (CHAT_MODEL is empty)"}
+        return await self._chat.readiness()
+
+    def check_chat(self, messages: Sequence[ChatMessage], max_tokens: int | None) -> int:
+        """Raise LimitExceeded for a conversation the chat refuses; the max_tokens to use."""
+        self.chat_limits.check_conversation(guard_view(tuple(messages)))
+        if messages[-1].role != "user":
+            violation = Violation(
+                ("messages", len(messages) - 1, "role"),
+                "the last message must be the user's",
+                "value_error",
+            )
+            raise LimitExceeded([violation])
+        cap = self._settings.chat_max_tokens
+        if max_tokens is not None and max_tokens < 1:
+            raise LimitExceeded([Violation(("max_tokens",), "at least 1", "greater_than_equal")])
+        return cap if max_tokens is None else min(max_tokens, cap)
+
+    async def chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> tuple[ScanResult, ScreenedReply]:
+        """Screen the conversation as input, then stream the reply through the hold-back.
+
+        Returns the input screen and the reply, an async iterator of ChatDelta (released
+        only after its screen passed) and one ChatEnd. Raises, before anything streams:
+        LimitExceeded, ChatUnavailable (chat off), ContentBlocked (input), GuardError,
+        RequestTimeout. While it streams: GuardError, ChatUnavailable."""
+        conversation = tuple(messages)
+        tokens = self.check_chat(conversation, max_tokens)
+        chat = self._require_chat()
+        started = time.perf_counter()
+        input_screen = await self._chat_input(conversation)
+        generation = chat.generate(conversation, max_tokens=tokens, temperature=temperature)
+        scan = self._scanner.scan if self._settings.guard_screen_output else None
+        reply = ScreenedReply(
+            generation, guard_view(conversation), scan, self.chunk_policy, started=started
+        )
+        return input_screen, reply
+
+    async def chat_complete(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> ChatReply:
+        """The whole reply at once, screened once as a whole (no streaming)."""
+        conversation = tuple(messages)
+        tokens = self.check_chat(conversation, max_tokens)
+        chat = self._require_chat()
+        input_screen = await self._chat_input(conversation)
+        pieces: list[str] = []
+        generated = None
+        async for piece in chat.generate(conversation, max_tokens=tokens, temperature=temperature):
+            if isinstance(piece, str):
+                pieces.append(piece)
+            else:
+                generated = piece
+        assert generated is not None  # generate() ends with one, or raises
+        text = "".join(pieces)
+        output = await self._screen_output_turns(guard_view(conversation), text)
+        _raise_for_errors([output])
+        reason: FinishReason = "length" if generated.done_reason == "length" else "stop"
+        usage = Usage(generated.prompt_tokens, generated.completion_tokens, 0)
+        if not output.passed:
+            end = ChatEnd("content_filter", usage, output.categories, guard_calls=1)
+            text = ""
+        else:
+            usage = Usage(generated.prompt_tokens, generated.completion_tokens, len(pieces))
+            end = ChatEnd(reason, usage, guard_calls=1, screens=(output,))
+        return ChatReply(text, end, input_screen, chat.model)
+
+    def _require_chat(self) -> ChatModel:
+        if self._chat is None or not self._chat.enabled:
+            raise ChatUnavailable("disabled", "CHAT_MODEL is empty", retry_after=None)
+        return self._chat
+
+    async def _chat_input(self, conversation: tuple[ChatMessage, ...]) -> ScanResult:
+        """The input screen of a chat: the whole conversation, its last user turn judged."""
+        try:
+            if not self._settings.guard_screen_input:
+                GUARD_CALLS.labels("input", "skipped").inc()
+                result = ScanResult.skipped(self._scanner.model)
+            else:
+                result = await self._bounded(self._scanner.scan(guard_view(conversation)))
+            _raise_unless_passed("input", [result])
+        except BaseException as error:
+            _count_failure("chat", self.chat_model or "-", error)
+            raise
+        PIPELINE_OUTCOMES.labels("chat", self.chat_model or "-", "ok").inc()
+        return result
+
+    async def _screen_output_turns(
+        self, conversation: tuple[Message, ...], reply: str
+    ) -> ScanResult:
+        if not self._settings.guard_screen_output:
+            GUARD_CALLS.labels("output", "skipped").inc()
+            return ScanResult.skipped(self._scanner.model)
+        return await self._scanner.scan((*conversation, Message("assistant", reply)))
 
     # --- internals -----------------------------------------------------------------------
     async def _bounded(self, work: Awaitable[T]) -> T:
@@ -252,6 +384,8 @@ class GuardedPipeline:
         batchers, self._batchers = list(self._batchers.values()), {}
         for batcher in batchers:
             await batcher.aclose()
+        if self._chat is not None:
+            await self._chat.aclose()
 
 
 def _count_failure(operation: str, model: str, error: BaseException) -> None:
