@@ -1,5 +1,8 @@
 """Command line: ``python -m agents ask URL "text" [--skill S] [--stream] [--token T]``.
 
+The token is sent only to the origin of URL; ``--send-token-to ORIGIN`` (repeatable) or
+``--trust-card-urls`` let it go to other URLs the agent's card names.
+
 Asks any A2A agent (this service, or another) one question over HTTP/2 and prints the
 events as they arrive, then the final result. Exit status: 0 when the task completed,
 1 when it ended otherwise (rejected, failed, canceled), 2 when the agent could not be
@@ -14,7 +17,16 @@ import json
 import os
 import sys
 
-from service.a2a.client import answer_json, ask
+from service.a2a.client import answer_json, ask, origin_of
+
+
+def _origin(value: str) -> str:
+    """An argparse type: an http(s) origin (a path, if any, is ignored)."""
+    try:
+        origin_of(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     ask_cmd.add_argument(
         "--token",
         default=os.environ.get("A2A_TOKEN"),
-        help="bearer token (default: $A2A_TOKEN)",
+        help="bearer token, sent only to the origin of URL (default: $A2A_TOKEN)",
+    )
+    ask_cmd.add_argument(
+        "--send-token-to",
+        action="append",
+        default=[],
+        type=_origin,
+        metavar="ORIGIN",
+        help="also send the token to this origin (scheme://host[:port]) when the agent's card "
+        "names it; repeatable (default: only the origin of URL gets the token)",
+    )
+    ask_cmd.add_argument(
+        "--trust-card-urls",
+        action="store_true",
+        help="send the token to every URL the agent's card names, whatever its origin",
     )
     ask_cmd.add_argument(
         "--http1",
@@ -50,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
                 stream=args.stream,
                 token=args.token,
                 http1=args.http1,
+                send_token_to=args.send_token_to,
+                trust_card_urls=args.trust_card_urls,
                 out=lambda line: print(line, flush=True),
+                notice=lambda line: print(line, file=sys.stderr, flush=True),
             )
         )
     except Exception as exc:  # unreachable agent, bad card, refused request (A2AError), ...

@@ -75,6 +75,9 @@ def create_app(
 ) -> FastAPI:
     """The ASGI application. ``registry``/``scanner`` default to loading from ``settings``."""
     settings = settings or get_settings()
+    deadline = settings.guard_deadline_warning()
+    if deadline:
+        logger.warning("%s", deadline)
     if settings.torch_threads:
         import torch
 

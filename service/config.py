@@ -8,12 +8,16 @@ this class); names are the upper-case field names (``guard_model`` -> ``GUARD_MO
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.guard.taxonomy import HAZARDS
+
+# Longest pause between two guard attempts (service.guard.llama_guard uses the same bound;
+# tests/test_config_budget.py checks they agree).
+GUARD_MAX_BACKOFF = 10.0
 
 
 def _split_csv(value: object) -> object:
@@ -149,6 +153,40 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown hazard codes {unknown}; known: S1..S14")
         return codes
+
+    def guard_worst_case(self) -> float:
+        """Seconds one guard screen may take before it gives up: every attempt timing out
+        (GUARD_TIMEOUT x (GUARD_RETRIES + 1)) plus the backoff before each retry
+        (GUARD_RETRY_BACKOFF x 2^n, at most 10 s each). Waiting for a free GUARD_CONCURRENCY
+        slot is not counted."""
+        backoff = sum(
+            min(self.guard_retry_backoff * 2**n, GUARD_MAX_BACKOFF)
+            for n in range(self.guard_retries)
+        )
+        return self.guard_timeout * (self.guard_retries + 1) + backoff
+
+    def guard_deadline_warning(self) -> str | None:
+        """Why the guard's retries cannot finish inside REQUEST_TIMEOUT, or None when they can.
+
+        A classify call runs its screens one after the other (the input screen, then the
+        output screen), so the budget is the worst case of one screen times the screens that
+        are on. Over it, a guard that keeps timing out is cut off by the request deadline (504
+        request-timeout) before its last retry. This is a warning, logged at start, not a
+        refusal: a request deadline shorter than the guard's is a legitimate choice (the
+        caller gets a 504 sooner) and the tests use it to exercise that path.
+        """
+        screens = int(self.guard_screen_input) + int(self.guard_screen_output)
+        per_screen = self.guard_worst_case()
+        if screens * per_screen <= self.request_timeout:
+            return None
+        return (
+            f"the guard's timeout and retries do not fit REQUEST_TIMEOUT={self.request_timeout:g}"
+            f"s: GUARD_TIMEOUT={self.guard_timeout:g}s x (GUARD_RETRIES={self.guard_retries} + 1)"
+            f" + backoff from GUARD_RETRY_BACKOFF={self.guard_retry_backoff:g}s = "
+            f"{per_screen:g}s per screen, x {screens} screen(s) in sequence = "
+            f"{screens * per_screen:g}s; a guard that times out is answered 504 before its "
+            "retries end. Lower GUARD_TIMEOUT or GUARD_RETRIES, or raise REQUEST_TIMEOUT"
+        )
 
     @property
     def base_url(self) -> str:

@@ -5,13 +5,18 @@ SDK's client factory pick the transport the card offers (JSON-RPC or HTTP+JSON, 
 1.0 or 0.3), sends one text message, and reports every event (task, status updates,
 artifacts) to a callback as it arrives. HTTP/2 throughout: negotiated by ALPN on https,
 and with prior knowledge (h2c) on plain http unless ``http1=True``.
+
+The bearer token goes only where it was given for: to requests whose origin (scheme, host,
+port) is the origin of ``url``, plus the origins in ``send_token_to``; the URLs the remote
+card names elsewhere get no ``Authorization`` header unless ``trust_card_urls=True``
+(:class:`OriginBearerAuth`, applied per request).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,12 +76,81 @@ def state_name(state: int) -> str:
     return TaskState.Name(state).removeprefix("TASK_STATE_").lower()
 
 
-def http_client(url: str, *, token: str | None = None, http1: bool = False) -> httpx.AsyncClient:
-    """An HTTP/2 httpx client for ``url`` (h2c prior knowledge on http:// unless http1)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+Origin = tuple[str, str, int]  # scheme, host, port
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str | httpx.URL) -> Origin:
+    """The origin (scheme, host, port) of an http(s) URL, the default port filled in and the
+    host in lower case. Raises ValueError for anything else."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"not a URL: {url!s}: {exc}") from None
+    scheme = parsed.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parsed.host:
+        raise ValueError(f"not an http:// or https:// URL with a host: {url!s}")
+    return scheme, parsed.host.lower(), parsed.port or _DEFAULT_PORTS[scheme]
+
+
+def origin_text(origin: Origin) -> str:
+    scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS[scheme] else f":{port}")
+
+
+class OriginBearerAuth(httpx.Auth):
+    """``Authorization: Bearer <token>`` on each request to one of ``origins`` (every request
+    when ``trust_any``); other requests go without it, and ``withheld`` is told once per
+    origin so the user can see why such an agent may answer 401."""
+
+    def __init__(
+        self,
+        token: str,
+        origins: Collection[Origin],
+        *,
+        trust_any: bool = False,
+        withheld: Printer | None = None,
+    ) -> None:
+        self._token = token
+        self.origins = frozenset(origins)
+        self.trust_any = trust_any
+        self._withheld = withheld
+        self._told: set[Origin] = set()
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        origin = origin_of(request.url)
+        if self.trust_any or origin in self.origins:
+            request.headers["Authorization"] = f"Bearer {self._token}"
+        elif self._withheld is not None and origin not in self._told:
+            self._told.add(origin)
+            self._withheld(
+                f"note: not sending the token to {origin_text(origin)} (named by the agent's "
+                "card, not the URL the token is for); allow it with --send-token-to "
+                f"{origin_text(origin)} or --trust-card-urls"
+            )
+        yield request
+
+
+def http_client(
+    url: str,
+    *,
+    token: str | None = None,
+    http1: bool = False,
+    send_token_to: Collection[str] = (),
+    trust_card_urls: bool = False,
+    withheld: Printer | None = None,
+) -> httpx.AsyncClient:
+    """An HTTP/2 httpx client for ``url`` (h2c prior knowledge on http:// unless http1). The
+    token, when given, is sent only to the origin of ``url`` and to ``send_token_to`` (or
+    everywhere with ``trust_card_urls``); see :class:`OriginBearerAuth`."""
+    auth = None
+    if token:
+        origins = {origin_of(url), *(origin_of(extra) for extra in send_token_to)}
+        auth = OriginBearerAuth(token, origins, trust_any=trust_card_urls, withheld=withheld)
     prior_knowledge = url.startswith("http://") and not http1
     return httpx.AsyncClient(
-        http2=True, http1=not prior_knowledge, headers=headers, timeout=httpx.Timeout(60.0)
+        http2=True, http1=not prior_knowledge, auth=auth, timeout=httpx.Timeout(60.0)
     )
 
 
@@ -95,10 +169,24 @@ async def ask(
     stream: bool = False,
     token: str | None = None,
     http1: bool = False,
+    send_token_to: Collection[str] = (),
+    trust_card_urls: bool = False,
     out: Printer = print,
+    notice: Printer | None = None,
 ) -> Answer:
-    """Send ``text`` to the agent at ``url``; report events to ``out``; return the answer."""
-    async with http_client(url, token=token, http1=http1) as http:
+    """Send ``text`` to the agent at ``url``; report events to ``out``; return the answer.
+
+    ``token`` goes only to the origin of ``url`` and to ``send_token_to`` (origins such as
+    ``https://agent.example.com``), or to every URL the card names with ``trust_card_urls``;
+    ``notice`` is told when it is withheld from an origin."""
+    async with http_client(
+        url,
+        token=token,
+        http1=http1,
+        send_token_to=send_token_to,
+        trust_card_urls=trust_card_urls,
+        withheld=notice,
+    ) as http:
         config = ClientConfig(
             streaming=stream,
             httpx_client=http,

@@ -46,6 +46,7 @@ from service.guard.metrics import (
 )
 from service.guard.scanner import GuardError, Message, ScanResult
 from service.guard.taxonomy import HAZARDS
+from service.guard.template import neutralise
 from service.guard.verdict import parse_verdict
 
 if TYPE_CHECKING:  # service.config imports the taxonomy from this package
@@ -222,7 +223,10 @@ class LlamaGuard:
     async def _chat(self, conversation: tuple[Message, ...]) -> ollama.ChatResponse:
         return await self._client.chat(
             model=self.model,
-            messages=[{"role": m.role, "content": m.content} for m in conversation],
+            # Only what the guard model reads is neutralised: a text cannot close its own
+            # turn or write the verdict (service/guard/template.py); the cache key and
+            # everything else keep the caller's exact text.
+            messages=[{"role": m.role, "content": neutralise(m.content)} for m in conversation],
             stream=False,
             options=self._options,
             keep_alive=self._keep_alive,

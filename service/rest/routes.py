@@ -31,6 +31,7 @@ from service.rest.schemas import (
     Problem,
     ReadinessResponse,
 )
+from service.web.auth import bearer_token, token_is_valid
 from service.web.problems import problem_response
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -165,7 +166,12 @@ async def _readiness(
         checks["screens"]["warning"] = f"{' and '.join(off)} screening is off"
     if detail:
         checks["detail"] = detail
-    if all(check["ok"] for key, check in checks.items() if key != "detail"):
+    ready = all(check["ok"] for key, check in checks.items() if key != "detail")
+    if not _may_see_details(request, settings):
+        # /readyz stays open for probes; with API_TOKENS set, only a caller with a valid
+        # token sees the details (Ollama's URL, model names, the guard's failure text).
+        checks = {key: {"ok": check["ok"]} for key, check in checks.items() if key != "detail"}
+    if ready:
         return JSONResponse({"ready": True, "checks": checks})
     failing = [key for key, check in checks.items() if key != "detail" and not check["ok"]]
     return problem_response(
@@ -176,3 +182,11 @@ async def _readiness(
         ready=False,
         checks=checks,
     )
+
+
+def _may_see_details(request: Request, settings: Settings) -> bool:
+    """Everyone without API_TOKENS; with it, only callers sending a valid bearer token."""
+    if not settings.api_tokens:
+        return True
+    token = bearer_token(request.headers.get("authorization"))
+    return token_is_valid(token, settings.api_tokens)
