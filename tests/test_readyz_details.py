@@ -15,7 +15,7 @@ from tests.ollama_double import OllamaDouble
 
 TOKEN = "readyz-detail-token"
 OTHER = "second-token"
-CHECKS = ("models", "ollama", "guard_model", "screens")
+CHECKS = ("models", "ollama", "guard_model", "screens", "chat")
 
 pytestmark = pytest.mark.usefixtures("fresh_double")
 
@@ -45,9 +45,11 @@ async def readyz(server: ServerProcess, token: str | None = None) -> httpx.Respo
 def assert_redacted(response: httpx.Response, double: OllamaDouble, *, ready: bool) -> None:
     body: dict[str, Any] = response.json()
     assert body["ready"] is ready
-    assert body["checks"] == {name: {"ok": ready or name == "models" or name == "screens"}
-                              for name in CHECKS}  # fmt: skip
-    for secret in (double.url, str(double.port), "llama-guard3", "sentiment-cnn-int8"):
+    chat = body["checks"].pop("chat")
+    assert set(chat) == {"ok"}  # its detail (the chat model's name) is hidden too
+    assert body["checks"] == {name: {"ok": ready or name in ("models", "screens")}
+                              for name in CHECKS if name != "chat"}  # fmt: skip
+    for secret in (double.url, str(double.port), "llama-guard3", "llama3.2", "sentiment-cnn-int8"):
         assert secret not in response.text, response.text
 
 
@@ -77,7 +79,7 @@ async def test_an_authenticated_caller_sees_everything(
 async def test_not_ready_hides_the_detail_text_without_a_token(
     server: ServerProcess, double: OllamaDouble
 ) -> None:
-    double.set_models([])  # the guard model is gone
+    double.set_models(["llama3.2:1b"])  # the guard model is gone
     response = await readyz(server)
     assert response.status_code == 503
     assert response.headers["content-type"].startswith("application/problem+json")
@@ -88,6 +90,7 @@ async def test_not_ready_hides_the_detail_text_without_a_token(
         "ollama": {"ok": True},
         "guard_model": {"ok": False},
         "screens": {"ok": True},
+        "chat": {"ok": True},
     }
     assert problem["detail"] == "failing checks: guard_model"
     assert double.url not in response.text and "ollama pull" not in response.text
@@ -102,7 +105,7 @@ async def test_not_ready_hides_the_detail_text_without_a_token(
 async def test_ollama_down_hides_the_url_without_a_token(
     server: ServerProcess, double: OllamaDouble
 ) -> None:
-    double.fail_next(2, status=500, path="/api/tags")
+    double.fail_next(4, status=500, path="/api/tags")  # the guard's and the chat's checks
     response = await readyz(server)
     assert response.status_code == 503
     assert response.json()["checks"]["ollama"] == {"ok": False}

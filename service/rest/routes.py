@@ -164,6 +164,13 @@ async def _readiness(
     off = [stage for stage, on in screens.items() if not on]
     if off:
         checks["screens"]["warning"] = f"{' and '.join(off)} screening is off"
+    # The chat model present on Ollama; chat switched off (CHAT_MODEL empty) is the
+    # operator's choice, shown with a warning like a screen turned off.
+    try:
+        async with asyncio.timeout(settings.guard_timeout):
+            checks["chat"] = await pipeline.chat_readiness()
+    except Exception as exc:  # reported, not raised
+        checks["chat"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
     if detail:
         checks["detail"] = detail
     ready = all(check["ok"] for key, check in checks.items() if key != "detail")
