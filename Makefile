@@ -10,7 +10,7 @@ DATA ?= ../shared/data/aclImdb_labelled.tar.gz
 # batch-32 throughput 1,300 -> 2,200 reviews/s).
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824
 
-.PHONY: install run test lint format train bench bench-models bench-http bench-quant guard-double clean
+.PHONY: install run test lint format train bench bench-models bench-http bench-chat bench-quant guard-double clean
 
 install: $(STAMP)
 
@@ -40,10 +40,13 @@ format: $(STAMP)
 train: $(STAMP)
 	$(PY) -m service train --data $(DATA)
 
-bench: bench-models bench-http
+bench: bench-models bench-http bench-chat
 
 bench-models: $(STAMP)
 	$(PY) benchmarks/models_bench.py --out benchmarks/results/models.md
+
+bench-chat: $(STAMP)
+	$(PY) benchmarks/chat_bench.py --out benchmarks/results/chat.md
 
 bench-http: $(STAMP)
 	@command -v h2load >/dev/null || { echo "bench-http needs h2load: apt-get install nghttp2-client"; exit 1; }

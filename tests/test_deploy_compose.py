@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -495,6 +496,28 @@ def test_api_healthcheck_passes_only_when_the_service_is_ready(
         ollama_double.set_models([])  # the guard model is gone: /readyz says 503
         failed = _run_check(api_healthcheck, server.port)
         assert failed.returncode != 0 and "503" in failed.stderr
-        ollama_double.set_models(["llama-guard3:1b"])
+        ollama_double.set_models(["llama-guard3:1b", "llama3.2:1b"])
         assert _run_check(api_healthcheck, server.port).returncode == 0
     assert _run_check(api_healthcheck, server.port).returncode != 0  # stopped
+
+
+def test_a_one_shot_pulls_the_chat_model_the_api_asks_for() -> None:
+    for env, model in (({}, "llama3.2:1b"), ({"CHAT_MODEL": "llama3.2:3b"}, "llama3.2:3b")):
+        services = stack((COMPOSE,), env)["services"]
+        pull, api = services["chat-model"], services["api"]
+        assert pull["environment"]["CHAT_MODEL"] == api["environment"]["CHAT_MODEL"] == model
+        assert pull["image"] == services["ollama"]["image"] and pull["restart"] == "no"
+        assert api["depends_on"]["chat-model"]["condition"] == "service_completed_successfully"
+    # The pull command pulls exactly that model, and nothing when chat is switched off.
+    script = stack((COMPOSE,), {})["services"]["chat-model"]["entrypoint"][-1]
+    for model, pulls in (("llama3.2:1b", "pull llama3.2:1b"), ("", "")):
+        done = subprocess.run(
+            ["sh", "-c", script.replace("ollama pull", "echo pull")],
+            env={"CHAT_MODEL": model, "PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert done.stdout.strip() == pulls
+    off = stack((COMPOSE,), {"CHAT_MODEL": ""})["services"]["api"]["environment"]
+    assert off["CHAT_MODEL"] == ""

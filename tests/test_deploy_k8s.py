@@ -210,3 +210,16 @@ def test_ollama_keeps_models_on_a_volume_and_the_job_pulls_the_guard_model() -> 
         assert env[name] == {"name": "gis-config", "key": name} and name in config
     assert job["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
     assert job["backoffLimit"] >= 3, "Ollama may still be starting: retry"
+
+
+def test_a_job_pulls_the_chat_model_like_the_guard_model() -> None:
+    guard = find("Job", "guard-model-pull")["spec"]
+    chat = find("Job", "chat-model-pull")["spec"]
+    (pull,) = chat["template"]["spec"]["containers"]
+    assert pull["args"] == ["pull", "$(CHAT_MODEL)"]
+    env = {e["name"]: e["valueFrom"]["configMapKeyRef"] for e in pull["env"]}
+    config = find("ConfigMap", "gis-config")["data"]
+    assert env["CHAT_MODEL"] == {"name": "gis-config", "key": "CHAT_MODEL"}
+    assert config["CHAT_MODEL"] == "llama3.2:1b"
+    (guard_pull,) = guard["template"]["spec"]["containers"]
+    assert pull["image"] == guard_pull["image"] and chat["backoffLimit"] == guard["backoffLimit"]
