@@ -283,9 +283,11 @@ class RequestLifetimeMiddleware:
         try:
             await self.app(scope, guarded_receive, tracking_send)
         except asyncio.CancelledError:
-            if not gone.is_set() or finished:
+            if not gone.is_set() or finished or work is None:
                 raise  # not ours: the server is cancelling the request
-            # The client went away; there is nobody to answer.
+            # The client went away; there is nobody to answer. The cancellation was ours, so
+            # it is taken back (asyncio.timeout and task groups further out count them).
+            work.uncancel()
         finally:
             caller.reset(token)
             if watcher is not None:
