@@ -35,11 +35,13 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError
 
-from service import connection_limit
+from service import connection_limit, h2_patch
 from service.config import Settings
 from service.logging import configure_logging
 
 logger = logging.getLogger("service.server")
+
+h2_patch.install()  # Hypercorn's HTTP/2 early-answer fix, see service/h2_patch.py
 
 
 class StartupFailed(Exception):
