@@ -10,7 +10,7 @@ DATA ?= ../shared/data/aclImdb_labelled.tar.gz
 # batch-32 throughput 1,300 -> 2,200 reviews/s).
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824
 
-.PHONY: install run test lint format train bench bench-models bench-http bench-chat bench-quant guard-double clean
+.PHONY: install run test test-fuzz lint format train bench bench-models bench-http bench-chat bench-quant guard-double clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,fuzz]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -28,6 +28,17 @@ test: $(STAMP)
 	$(PY) -m ruff check service agents tests benchmarks
 	$(PY) -m mypy
 	$(PY) -m pytest -q
+
+# Property-based fuzzing of the whole OpenAPI document (schemathesis, every check, plus "no
+# JSON-RPC -32603") against the service on the Ollama double, bounded: FUZZ_EXAMPLES test
+# cases per operation and phase, FUZZ_TIME_LIMIT seconds at most; fails on any 5xx, any
+# check that fails, and any unhandled error in the service's log. FUZZ_ARGS="--seed N" or
+# "--max-time S" (keep fuzzing S seconds) for other runs. tests/test_openapi_fuzz.py is a
+# shorter run inside `make test`.
+FUZZ_EXAMPLES ?= 30
+FUZZ_TIME_LIMIT ?= 900
+test-fuzz: $(STAMP)  # the stamp installs the fuzz extra
+	$(PY) -m tests.fuzz --max-examples $(FUZZ_EXAMPLES) --time-limit $(FUZZ_TIME_LIMIT) $(FUZZ_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check service agents tests benchmarks

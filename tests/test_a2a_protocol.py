@@ -190,11 +190,15 @@ async def test_card_parses_names_skills_and_follows_public_url(
     assert card.name == "Guarded Inference Service" and card.version == "0.1.0"
     assert card.description and card.provider.organization and card.provider.url == public_url
     assert card.capabilities.streaming is True
-    assert [skill.id for skill in card.skills] == ["sentiment-cnn", "sentiment-moe", "moderation"]
+    assert [skill.id for skill in card.skills] == [
+        "sentiment-cnn", "sentiment-moe", "moderation", "chat",
+    ]  # fmt: skip
     for skill in card.skills:
         assert skill.name and skill.description and skill.tags and skill.examples
         assert list(skill.input_modes) == ["text/plain", "application/json"]
-        assert list(skill.output_modes) == ["application/json", "text/plain"]
+        # A chat reply is text; the other skills answer with data and a text summary.
+        outputs = ["text/plain"] if skill.id == "chat" else ["application/json", "text/plain"]
+        assert list(skill.output_modes) == outputs
     assert [(i.protocol_binding, i.protocol_version, i.url) for i in card.supported_interfaces] == [
         ("JSONRPC", "1.0", f"{public_url}/a2a/jsonrpc"),
         ("HTTP+JSON", "1.0", f"{public_url}/a2a/rest"),

@@ -283,9 +283,6 @@ class EarlyAnswer:
 
 EARLY_ANSWERS = {
     "405-put-classify": EarlyAnswer("PUT", "/v1/classify", 405),
-    "404-a2a-cancel-unknown-task": EarlyAnswer(
-        "POST", "/a2a/rest/tasks/nope:cancel", 404, headers=(("a2a-version", "1.0"),)
-    ),
     "404-unknown-route": EarlyAnswer("POST", "/no/such/route", 404),
     "413-declared-length": EarlyAnswer("POST", "/v1/classify", 413, declared=10 * MAX_BODY),
     # No Content-Length: the limit is found while the body streams in.
@@ -344,6 +341,27 @@ async def test_late_body_of_an_early_answer_spares_the_siblings(
             assert_healthy(await client.answer(stream_id), kind)
         assert await client.ping()
         assert client.goaway is None and not client.eof.is_set()
+
+
+async def test_an_a2a_rest_refusal_waits_for_the_body_and_spares_the_siblings(
+    server: ServerProcess, double: OllamaDouble
+) -> None:
+    # The A2A HTTP+JSON routes read the whole body before they answer (they check it is
+    # UTF-8 JSON first), so an unknown task's 404 comes after the body, never early.
+    double.set_latency(SCREEN_LATENCY)
+    async with connected(server) as client:
+        siblings = {await client.classify(): "classify" for _ in range(5)}
+        case = EarlyAnswer(
+            "POST", "/a2a/rest/tasks/nope:cancel", 404, headers=(("a2a-version", "1.0"),)
+        )
+        stream_id = await open_early(client, case)
+        await asyncio.sleep(0.3)
+        assert client.exchanges[stream_id].status is None  # still reading the body
+        await client.upload(stream_id, b'"}', end=True)
+        answer = await client.answer(stream_id)
+        assert answer.status == 404 and answer.ended and answer.reset is None
+        for sibling, kind in siblings.items():
+            assert_healthy(await client.answer(sibling), kind)
 
 
 async def test_body_queued_before_the_answer_does_not_deadlock_the_connection(

@@ -28,6 +28,8 @@ async def test_invented_methods_and_paths_do_not_mint_series(server: ServerProce
     assert "BREW" not in after and "FROB" not in after and "/coffee" not in after
     assert 'method="other"' in after and 'route="unmatched"' in after
     series = [line for line in after.splitlines() if line.startswith("http_requests_total{")]
-    assert len(series) <= len(
-        [line for line in before.splitlines() if line.startswith("http_requests_total{")]
-    ) + 4  # other x {unmatched, /healthz} x their statuses
+    assert (
+        len(series)
+        <= len([line for line in before.splitlines() if line.startswith("http_requests_total{")])
+        + 4
+    )  # other x {unmatched, /healthz} x their statuses

@@ -362,9 +362,10 @@ async def _subscribe(client: httpx.AsyncClient, task_id: str) -> list[dict[str, 
 async def test_a_task_its_replica_left_running_ends_failed_and_its_subscriber_is_told(
     ollama_double: OllamaDouble, task_store_url: str
 ) -> None:
-    # No task can run longer than REQUEST_TIMEOUT + GRACEFUL_TIMEOUT (+1 s of clock skew), so
-    # a running task unchanged for longer than that was left by a process that is gone.
-    quick = {**REPLICA, "request_timeout": 3, "graceful_timeout": 1}
+    # No task can run longer than REQUEST_TIMEOUT (+ CHAT_TIMEOUT: a chat turn) +
+    # GRACEFUL_TIMEOUT (+1 s of clock skew), so a running task unchanged for longer than that
+    # was left by a process that is gone.
+    quick = {**REPLICA, "request_timeout": 3, "graceful_timeout": 1, "chat_timeout": 1}
     quick |= {"task_store_sweep_interval": 0.5, "guard_timeout": 2}
     context_id = str(uuid.uuid4())
     with running_server(ollama_host=ollama_double.url, task_store_url=task_store_url, **quick) as b:

@@ -27,7 +27,7 @@ from a2a.utils.constants import PROTOCOL_VERSION_0_3, PROTOCOL_VERSION_1_0, Tran
 from google.protobuf.json_format import ParseDict
 from google.protobuf.struct_pb2 import Struct
 
-from service.a2a.skills import MODERATION, SKILLS, skill_model
+from service.a2a.skills import CHAT, MODERATION, SKILLS, skill_model
 from service.config import Settings
 from service.models.registry import ModelInfo
 
@@ -39,10 +39,12 @@ MODEL_CARDS_EXTENSION = "urn:guarded-inference-service:a2a:model-cards:v1"
 
 INPUT_MODES = ["text/plain", "application/json"]
 OUTPUT_MODES = ["application/json", "text/plain"]
+CHAT_OUTPUT_MODES = ["text/plain"]  # the reply: text parts
 
 DESCRIPTION = (
     "Sentiment classification of English texts (a quantized CNN and a Switch-Transformer "
-    "mixture-of-experts model, both trained on IMDB reviews) and content moderation. Every "
+    "mixture-of-experts model, both trained on IMDB reviews), content moderation, and a "
+    "multi-turn chat whose replies stream chunk by chunk. Every "
     "text and every answer passes Llama Guard 3: unsafe input is rejected naming the hazard "
     "categories, and when the guard cannot answer the task fails rather than answering "
     "unscreened."
@@ -72,8 +74,13 @@ def _skill(skill_id: str, extra: str = "") -> AgentSkill:
         tags=list(info.tags),
         examples=list(info.examples),
         input_modes=INPUT_MODES,
-        output_modes=OUTPUT_MODES,
+        output_modes=CHAT_OUTPUT_MODES if skill_id == CHAT else OUTPUT_MODES,
     )
+
+
+def offered(settings: Settings) -> list[str]:
+    """The skills this agent offers: all, but chat only while CHAT_MODEL names a model."""
+    return [skill_id for skill_id in SKILLS if skill_id != CHAT or settings.chat_model]
 
 
 def public_card(settings: Settings, version: str) -> AgentCard:
@@ -95,7 +102,7 @@ def public_card(settings: Settings, version: str) -> AgentCard:
         ),
         default_input_modes=INPUT_MODES,
         default_output_modes=OUTPUT_MODES,
-        skills=[_skill(skill_id) for skill_id in SKILLS],
+        skills=[_skill(skill_id) for skill_id in offered(settings)],
     )
     if settings.api_tokens:
         # The card says exactly what the endpoints enforce: every A2A call needs the token.
@@ -127,9 +134,11 @@ def extended_card(
     card.CopyFrom(public)
     by_name = {info.name: info for info in models}
     del card.skills[:]
-    for skill_id in SKILLS:
+    for skill_id in offered(settings):
         if skill_id == MODERATION:
             extra = f" Guard model: {settings.guard_model}."
+        elif skill_id == CHAT:
+            extra = f" Chat model: {settings.chat_model}; guard model: {settings.guard_model}."
         else:
             name = skill_model(skill_id, settings)
             info = by_name.get(name)
@@ -142,7 +151,7 @@ def extended_card(
             "skill_models": {
                 skill_id: skill_model(skill_id, settings)
                 for skill_id in SKILLS
-                if skill_id != MODERATION
+                if skill_id not in (MODERATION, CHAT)
             },
             "guard": {
                 "model": settings.guard_model,
@@ -155,6 +164,8 @@ def extended_card(
                 "max_batch": settings.max_batch,
                 "max_text_chars": settings.max_text_chars,
                 "request_timeout_s": settings.request_timeout,
+                "chat_max_messages": settings.chat_max_messages,
+                "chat_max_tokens": settings.chat_max_tokens,
             },
         },
         params,

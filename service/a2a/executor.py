@@ -10,6 +10,11 @@ behind); the executor then moves the task submitted -> working -> one of
   names the hazard categories;
 - failed: the guard could not answer (fail closed), or the request timed out;
 - canceled: the caller canceled it while it ran.
+
+A chat turn (:class:`~service.a2a.chat_skill.ChatTurn`) runs its own lifecycle on the same
+task: it streams the reply and waits in input-required for the next turn. Every task's
+metadata names its skill (``{"skill": ...}``); a follow-up continues the task the SDK loaded
+(``context.current_task``), which gets no new Task event.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from a2a.server.tasks import TaskUpdater
 from a2a.types import Task, TaskState, TaskStatus
 from a2a.utils.errors import InvalidParamsError
 
+from service.a2a.chat_skill import ChatTurn
 from service.a2a.parts import data_part, failure_parts, now, text_part
 from service.a2a.sdk_compat import job_of
 from service.core.errors import InternalError, ServiceError
@@ -50,9 +56,16 @@ class GuardedAgentExecutor(AgentExecutor):
                     context_id=context_id,
                     status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED, timestamp=now()),
                     history=[context.message],
+                    metadata={"skill": job.skill},
                 )
             )
         updater = TaskUpdater(event_queue, task_id, context_id)
+        if isinstance(job, ChatTurn):
+            canceled = self._canceled
+            await job.play(
+                self._pipeline, updater, context.current_task, lambda: task_id in canceled
+            )
+            return
         await updater.start_work(updater.new_agent_message([text_part(job.working_text())]))
         try:
             outcome = await job.run(self._pipeline)

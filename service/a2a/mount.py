@@ -32,10 +32,13 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute, Route
 
 from service.a2a.card import CARD_PATH, JSONRPC_PATH, REST_PATH, extended_card, public_card
+from service.a2a.chat_skill import IDLE_RELEASE, follow_up_parser, turn_timeout
 from service.a2a.executor import GuardedAgentExecutor
+from service.a2a.openapi import document_a2a
 from service.a2a.sdk_compat import (
     GuardedRequestHandler,
     JobContextBuilder,
+    checked_jsonrpc_route,
     create_rest_v03_routes,
     rest_routes,
 )
@@ -51,9 +54,11 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
     """Add the agent card, JSON-RPC and HTTP+JSON routes over ``pipeline`` to ``app``, and
     hook the task store and the handler into the app's lifespan."""
     card = public_card(settings, app.version)
-    # No task runs longer than a pipeline call may take, plus a graceful shutdown, plus clock
-    # skew between replicas: a running task unchanged for longer than that runs nowhere.
-    stale_after = settings.request_timeout + settings.graceful_timeout + 1.0
+    # No task runs longer than a pipeline call (or a chat turn) may take, plus a graceful
+    # shutdown, plus clock skew between replicas: a running task unchanged for longer than
+    # that runs nowhere.
+    longest = max(settings.request_timeout, turn_timeout(settings))
+    stale_after = longest + settings.graceful_timeout + 1.0
     storage = create_task_storage(
         settings.task_store_url,
         settings.task_store_max_tasks,
@@ -72,7 +77,13 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
         agent_executor=GuardedAgentExecutor(pipeline),
         task_store=storage.store,
         agent_card=card,
-        request_context_builder=JobContextBuilder(job_parser(pipeline, settings)),
+        request_context_builder=JobContextBuilder(
+            job_parser(pipeline, settings),
+            task_store=storage.store,
+            follow_up=follow_up_parser(pipeline, settings),
+        ),
+        # A conversation waiting for input lives in the store, not in this process.
+        interrupted_task_timeout=IDLE_RELEASE,
         extended_agent_card=card if settings.api_tokens else None,
         extended_card_modifier=_serve(
             extended_card(card, settings, pipeline.models(), pipeline.default_model)
@@ -83,8 +94,10 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
     [jsonrpc] = create_jsonrpc_routes(handler, rpc_url=JSONRPC_PATH, enable_v0_3_compat=True)
     if not isinstance(jsonrpc, Route):
         raise TypeError(f"a2a-sdk gave a {type(jsonrpc).__name__} for the JSON-RPC endpoint")
-    # The same endpoint at "/", where A2A clients and plain curl examples post by default.
-    root = Route("/", endpoint=jsonrpc.endpoint, methods=["POST"])
+    # The same endpoint at "/", where A2A clients and plain curl examples post by default;
+    # both check the body and the method's protocol version before the SDK parses it.
+    root = checked_jsonrpc_route(jsonrpc, path="/")
+    jsonrpc = checked_jsonrpc_route(jsonrpc)
     # Protocol 0.3 first, as the SDK orders them; ours refuse before a stream starts.
     rest: list[BaseRoute] = list(create_rest_v03_routes(handler, path_prefix=REST_PATH))
     rest += rest_routes(handler, path_prefix=REST_PATH)
@@ -94,6 +107,7 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
         jsonrpc_routes=[jsonrpc, root],
         rest_routes=rest,
     )
+    document_a2a(app)  # /openapi.json: the A2A operations as they answer
     _wrap_lifespan(app, storage, handler)
     if settings.port == 0 and not settings.public_url:
         logger.warning(

@@ -9,6 +9,12 @@ minor release so that such a change is an explicit upgrade.
    protocol's error and leaves no task behind; the executor then reads the job off the same
    context object (:class:`JobContextBuilder`, :func:`job_of`). Relies on
    ``DefaultRequestHandler`` passing the context it built to ``AgentExecutor.execute``.
+   A follow-up (a message naming its task, ``taskId``) is validated against the stored task:
+   the handler builds the context with ``task=None`` and loads the task only when the request
+   runs (into ``context.current_task``), so the builder reads it from the store itself and
+   hands it to its ``follow_up`` parser. It also gives such a message the task's context id
+   when it names none: the SDK's builder would make up a new one (the spec says it is the
+   task's), which the follow-up and every event of its turn would then carry.
 2. The multi-tenant copy of the HTTP+JSON routes, which ``create_rest_routes`` mounts at
    ``/{tenant}``, would swallow every two-segment path of the app; this agent has no tenants
    (:func:`rest_routes`).
@@ -38,17 +44,41 @@ minor release so that such a change is an explicit upgrade.
    sharing the store, or its process died) would wait forever on an event queue nobody
    feeds: :class:`GuardedRequestHandler` then follows the task in the store instead, until
    it ends, and ends it failed when it has not moved for longer than any task can run.
-   Relies on the handler's ``_active_task_registry``.
+   Relies on the handler's ``_active_task_registry``. Every subscription also ends when the
+   task waits for input (input-required, auth-required), as a message stream does: the SDK's
+   own subscription to a task this process holds stays open across a conversation's turns
+   until the task ends. A follower of the store streams the parts an artifact gains, not only
+   new artifacts (a chat reply arrives in chunks).
+8. Bodies the SDK's parsers break on. It reads a JSON-RPC body with ``json.loads`` and an
+   HTTP+JSON body with protobuf's ``json_format.Parse``, and answers whatever they raise
+   beyond ``JSONDecodeError`` / ``ParseError`` as an internal error: a body that is not
+   UTF-8, nests deeper than the interpreter's recursion limit or holds an integer over
+   Python's digit limit got JSON-RPC ``-32603`` or an HTTP+JSON 500. Every route that reads
+   a body checks it first (:func:`parse_json_body`: UTF-8, JSON without ``NaN``/``Infinity``,
+   finite numbers, at most :data:`MAX_JSON_DEPTH` levels) and answers the binding's own
+   error: JSON-RPC ``-32700`` (:func:`checked_jsonrpc_route`), HTTP+JSON 400
+   ``INVALID_ARGUMENT`` (:func:`rest_routes`, :func:`create_rest_v03_routes`). The 0.3
+   ``GET /v1/tasks/{id}`` converts ``historyLength`` with a bare ``int()`` (a 500 for
+   ``?historyLength=x``); it is checked first too.
+9. Method names of the other protocol version on JSON-RPC. A 0.3 method (``message/send``)
+   sent with ``A2A-Version: 1.0`` reaches the SDK's 0.3 adapter, whose version check raises
+   VersionNotSupported, which the adapter answers as ``-32603`` (0.3 has no ``-32009``).
+   Under a 1.x version the 1.0 semantics apply, and 1.0 has no such method: ``-32601``,
+   naming the 1.0 method; under a version this agent does not speak at all, ``-32009``, as
+   the SDK answers a 1.0 method then (:func:`checked_jsonrpc_route`). A 1.0 method name
+   without the header stays the SDK's answer (``-32009``: 0.3 is assumed, as the spec says).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,12 +93,15 @@ from a2a.server.agent_execution import RequestContext, SimpleRequestContextBuild
 from a2a.server.agent_execution.active_task import TERMINAL_TASK_STATES
 from a2a.server.cluster.task_store import StoredTask
 from a2a.server.context import ServerCallContext
+from a2a.server.jsonrpc_models import JSONParseError as JSONRPCParseError
 from a2a.server.owner_resolver import resolve_user_scope
 from a2a.server.request_handlers import DefaultRequestHandler, RequestHandler
+from a2a.server.request_handlers.response_helpers import build_error_response
 from a2a.server.routes.common import DefaultServerCallContextBuilder, create_event_source_response
-from a2a.server.tasks import DatabaseTaskStore
+from a2a.server.tasks import DatabaseTaskStore, TaskStore
 from a2a.types import (
     AgentCard,
+    Artifact,
     SendMessageRequest,
     SubscribeToTaskRequest,
     Task,
@@ -77,26 +110,31 @@ from a2a.types import (
     TaskStatusUpdateEvent,
 )
 from a2a.utils import json_utils
-from a2a.utils.constants import PROTOCOL_VERSION_0_3
+from a2a.utils.constants import PROTOCOL_VERSION_0_3, PROTOCOL_VERSION_1_0, VERSION_HEADER
 from a2a.utils.error_handlers import build_rest_error_payload, rest_stream_error_handler
 from a2a.utils.errors import (
+    JSON_RPC_ERROR_CODE_MAP,
     A2AError,
     InvalidParamsError,
     InvalidRequestError,
+    MethodNotFoundError,
     TaskNotFoundError,
     UnsupportedOperationError,
+    VersionNotSupportedError,
 )
 from a2a.utils.version_validator import validate_version
+from packaging.version import InvalidVersion, Version
 from sqlalchemy import delete, or_, select
 from sse_starlette.event import ServerSentEvent
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 logger = logging.getLogger("service.a2a.sdk_compat")
 
 __all__ = [
     "TERMINAL_TASK_STATES",
+    "INTERRUPTED_STATES",
     "RUNNING_STATES",
     "GuardedRequestHandler",
     "JobContextBuilder",
@@ -104,8 +142,10 @@ __all__ = [
     "delete_rows",
     "rows_updated_before",
     "card_of",
+    "checked_jsonrpc_route",
     "create_rest_v03_routes",
     "job_of",
+    "parse_json_body",
     "resolve_user_scope",
     "rest_routes",
 ]
@@ -113,6 +153,7 @@ __all__ = [
 # --- 1. validated jobs from the context builder to the executor ----------------------------
 
 JobParser = Callable[[SendMessageRequest], Any]
+FollowUpParser = Callable[[SendMessageRequest, Task], Any]
 
 
 class _JobRequestContext(RequestContext):
@@ -123,11 +164,20 @@ class _JobRequestContext(RequestContext):
 
 class JobContextBuilder(SimpleRequestContextBuilder):
     """Validates the message with ``parse`` (which raises the protocol's error for a bad
-    one) before the handler creates a task for it, and keeps the result on the context."""
+    one) before the handler creates a task for it, and keeps the result on the context. A
+    message naming a task goes to ``follow_up`` with that task, read from ``task_store``."""
 
-    def __init__(self, parse: JobParser) -> None:
+    def __init__(
+        self,
+        parse: JobParser,
+        *,
+        task_store: TaskStore | None = None,
+        follow_up: FollowUpParser | None = None,
+    ) -> None:
         super().__init__()
         self._parse = parse
+        self._task_store = task_store
+        self._follow_up = follow_up
 
     async def build(
         self,
@@ -137,7 +187,15 @@ class JobContextBuilder(SimpleRequestContextBuilder):
         context_id: str | None = None,
         task: Task | None = None,
     ) -> RequestContext:
-        job = self._parse(params) if params is not None else None
+        stored = await self._stored(params, task_id, context)
+        if stored is not None and not context_id:
+            context_id = stored.context_id  # not a new one: the task's (see item 1)
+        if params is None:
+            job = None
+        elif stored is not None and self._follow_up is not None:
+            job = self._follow_up(params, stored)
+        else:
+            job = self._parse(params)
         request_context = _JobRequestContext(
             call_context=context,
             request=params,
@@ -147,6 +205,18 @@ class JobContextBuilder(SimpleRequestContextBuilder):
         )
         request_context.job = job
         return request_context
+
+    async def _stored(
+        self, params: SendMessageRequest | None, task_id: str | None, context: ServerCallContext
+    ) -> Task | None:
+        """The task a follow-up names, from the store (None for a message starting one)."""
+        if params is None or not task_id or self._task_store is None:
+            return None
+        # The handler has checked that the task exists for this caller; it may have gone since.
+        stored = _plain(await self._task_store.get(task_id, context))
+        if stored is None:
+            raise TaskNotFoundError
+        return stored
 
 
 def job_of(context: RequestContext) -> Any:
@@ -158,12 +228,15 @@ def job_of(context: RequestContext) -> Any:
 
 
 def rest_routes(handler: RequestHandler, path_prefix: str) -> list[BaseRoute]:
-    """The SDK's 1.0 HTTP+JSON routes at ``path_prefix``, without the ``/{tenant}`` mount."""
-    return [
-        route
-        for route in a2a.server.routes.create_rest_routes(handler, path_prefix=path_prefix)
-        if not isinstance(route, Mount)
-    ]
+    """The SDK's 1.0 HTTP+JSON routes at ``path_prefix``, without the ``/{tenant}`` mount,
+    their bodies checked first (item 8)."""
+    return _with_checked_bodies(
+        [
+            route
+            for route in a2a.server.routes.create_rest_routes(handler, path_prefix=path_prefix)
+            if not isinstance(route, Mount)
+        ]
+    )
 
 
 # --- 5. the client's card ---------------------------------------------------------------
@@ -248,8 +321,11 @@ class GuardedRequestHandler(DefaultRequestHandler):
         self, params: SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[Any, None]:
         if await self._active_task_registry.get(params.id) is not None:
-            async for event in super().on_subscribe_to_task(params, context):
-                yield event
+            async with contextlib.aclosing(super().on_subscribe_to_task(params, context)) as sdk:
+                async for event in sdk:
+                    yield event
+                    if _paused(event):  # the turn is over; the next one has its own stream
+                        return
             return
         task = _plain(await self.task_store.get(params.id, context))
         if task is None:
@@ -259,12 +335,15 @@ class GuardedRequestHandler(DefaultRequestHandler):
                 message=f"Task {task.id} is in terminal state: {TaskState.Name(task.status.state)}"
             )
         yield task
+        if task.status.state in INTERRUPTED_STATES:
+            return  # nothing runs until the next message
         async for event in self._follow(task, context):
             yield event
 
     async def _follow(self, task: Task, context: ServerCallContext) -> AsyncIterator[Any]:
         """Status and artifact updates of ``task`` as the store sees them, to its end."""
-        status, artifacts = task.status, {a.artifact_id for a in task.artifacts}
+        status = task.status
+        parts = {artifact.artifact_id: len(artifact.parts) for artifact in task.artifacts}
         while True:
             await asyncio.sleep(self._poll)
             current = _plain(await self.task_store.get(task.id, context))
@@ -273,18 +352,38 @@ class GuardedRequestHandler(DefaultRequestHandler):
             if current.status.state in RUNNING_STATES and _age(current) > self._stale_after:
                 current = await self._interrupt(current, context)
             for artifact in current.artifacts:
-                if artifact.artifact_id not in artifacts:
-                    artifacts.add(artifact.artifact_id)
-                    yield TaskArtifactUpdateEvent(
-                        task_id=current.id, context_id=current.context_id, artifact=artifact
-                    )
+                seen = parts.get(artifact.artifact_id)
+                if seen is not None and len(artifact.parts) <= seen:
+                    continue
+                parts[artifact.artifact_id] = len(artifact.parts)
+                news = Artifact()
+                news.CopyFrom(artifact)
+                del news.parts[: seen or 0]  # only what this subscriber has not been sent
+                yield TaskArtifactUpdateEvent(
+                    task_id=current.id,
+                    context_id=current.context_id,
+                    artifact=news,
+                    append=seen is not None,
+                )
             if current.status != status:
                 status = current.status
                 yield TaskStatusUpdateEvent(
                     task_id=current.id, context_id=current.context_id, status=status
                 )
-            if status.state in TERMINAL_TASK_STATES:
+            if status.state in TERMINAL_TASK_STATES or status.state in INTERRUPTED_STATES:
                 return
+
+
+INTERRUPTED_STATES = frozenset(
+    {TaskState.TASK_STATE_INPUT_REQUIRED, TaskState.TASK_STATE_AUTH_REQUIRED}
+)
+
+
+def _paused(event: Any) -> bool:
+    """Whether a subscription's event leaves the task waiting for input."""
+    return isinstance(event, Task | TaskStatusUpdateEvent) and (
+        event.status.state in INTERRUPTED_STATES
+    )
 
 
 def _plain(stored: Task | StoredTask | None) -> Task | None:
@@ -322,7 +421,7 @@ KIND_FIELD = (
 StreamMethod = Callable[[Request, ServerCallContext], AsyncIterator[dict[str, Any]]]
 
 
-def create_rest_v03_routes(handler: RequestHandler, path_prefix: str) -> list[Route]:
+def create_rest_v03_routes(handler: RequestHandler, path_prefix: str) -> list[BaseRoute]:
     """The 0.3 HTTP+JSON routes at ``path_prefix + "/v1/..."``, served by ``handler``."""
     adapter = REST03Adapter(http_handler=handler)
     checked = _CheckedREST03Handler(request_handler=handler)
@@ -339,10 +438,12 @@ def create_rest_v03_routes(handler: RequestHandler, path_prefix: str) -> list[Ro
         endpoints[key] = functools.partial(
             _stream_endpoint, context_builder, checked.on_subscribe_to_task
         )
-    return [
-        Route(f"{path_prefix}{path}", endpoint=endpoint, methods=[method])
-        for (path, method), endpoint in endpoints.items()
-    ]
+    return _with_checked_bodies(
+        [
+            Route(f"{path_prefix}{path}", endpoint=endpoint, methods=[method])
+            for (path, method), endpoint in endpoints.items()
+        ]
+    )
 
 
 class _CheckedREST03Handler(REST03Handler):
@@ -361,6 +462,11 @@ class _CheckedREST03Handler(REST03Handler):
         async for event in super().on_message_send_stream(request, context):
             yield event
 
+    @validate_version(PROTOCOL_VERSION_0_3)
+    async def on_get_task(self, request: Request, context: ServerCallContext) -> dict[str, Any]:
+        history_length(request.query_params.get("historyLength"))  # the SDK's int() 500s
+        return await super().on_get_task(request, context)
+
 
 def check_message_shape(body: bytes) -> None:
     """Raise InvalidParamsError when a 0.3 HTTP+JSON send carries a JSON-RPC-shaped
@@ -368,31 +474,39 @@ def check_message_shape(body: bytes) -> None:
     to the SDK's parser, which answers them itself."""
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return
     if not isinstance(payload, dict):
         return
     # "message" is the field's JSON name, "request" its proto name (the SDK client's choice).
-    message = payload.get("message", payload.get("request"))
-    if not isinstance(message, dict):
-        return
-    violation = None
+    for message in (payload.get("message"), payload.get("request")):
+        if not isinstance(message, dict):
+            continue
+        violation = _shape_violation(message)
+        if violation is not None:
+            field, why, text = violation
+            raise InvalidParamsError(
+                message=text, data={"errors": [{"field": field, "message": why}]}
+            )
+
+
+PART_KINDS = ("text", "data", "file")
+EMPTY_PART = "a part is an object holding one of 'text', 'data' or 'file'"
+
+
+def _shape_violation(message: dict[str, Any]) -> tuple[str, str, str] | None:
     if "parts" in message:
-        violation = ("message.parts", PARTS_FIELD)
-    elif isinstance(message.get("content"), list):
-        violation = next(
-            (
-                (f"message.content[{index}].kind", KIND_FIELD)
-                for index, part in enumerate(message["content"])
-                if isinstance(part, dict) and "kind" in part
-            ),
-            None,
-        )
-    if violation is not None:
-        field, why = violation
-        raise InvalidParamsError(
-            message=JSONRPC_SHAPE, data={"errors": [{"field": field, "message": why}]}
-        )
+        return "message.parts", PARTS_FIELD, JSONRPC_SHAPE
+    content = message.get("content")
+    for index, part in enumerate(content if isinstance(content, list) else ()):
+        field = f"message.content[{index}]"
+        if isinstance(part, dict) and "kind" in part:
+            return field + ".kind", KIND_FIELD, JSONRPC_SHAPE
+        # protobuf parses a string (or {}, or {"text": null}) as a part without content,
+        # which the SDK's 0.3 conversion cannot take (ValueError: a 500).
+        if not isinstance(part, dict) or all(part.get(kind) is None for kind in PART_KINDS):
+            return field, EMPTY_PART, f"{field} holds no text, data or file"
+    return None
 
 
 @rest_stream_error_handler
@@ -426,3 +540,256 @@ async def _events(
         else:
             logger.exception("a2a stream failed")
         yield ServerSentEvent(data=json_utils.dumps(build_rest_error_payload(exc)), event="error")
+
+
+# --- 8. request bodies the SDK's parsers break on ------------------------------------------
+
+# Deeper than any A2A request needs (a data part's conversation is 8 levels from the
+# JSON-RPC envelope), and shallower than protobuf's own limit (100 from the request).
+MAX_JSON_DEPTH = 64
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class BodyError(ValueError):
+    """A request body that is not a JSON text this agent reads."""
+
+
+def parse_json_body(body: bytes) -> Any:
+    """``body`` as JSON, or :class:`BodyError` when it is not UTF-8, not JSON (``NaN`` and
+    ``Infinity`` are not), holds a number beyond the range of a double (``1e400``, an
+    integer of 309 digits), or nests deeper than :data:`MAX_JSON_DEPTH`."""
+    try:
+        text = body.decode("utf-8-sig")  # a leading byte-order mark is ignored (RFC 8259)
+    except UnicodeDecodeError as exc:
+        raise BodyError(f"the request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        value = json.loads(text, parse_constant=_not_json, parse_float=_finite, parse_int=_int)
+    except RecursionError:
+        raise BodyError(_TOO_DEEP) from None
+    except ValueError as exc:  # not JSON, NaN/Infinity, 1e400, an int over 4300 digits
+        raise BodyError(f"the request body is not valid JSON: {exc}") from None
+    if _deeper_than(value, MAX_JSON_DEPTH):
+        raise BodyError(_TOO_DEEP)
+    return value
+
+
+_TOO_DEEP = f"the request body nests deeper than {MAX_JSON_DEPTH} levels"
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _finite(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {literal[:40]} is out of range")
+    return number
+
+
+def _int(literal: str) -> int:
+    # Struct values are doubles: an integer past the largest double breaks their conversion.
+    number = int(literal)
+    if len(literal) > 300:
+        try:
+            float(number)
+        except OverflowError:
+            raise ValueError(f"the number {literal[:40]}... is out of range") from None
+    return number
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    # Iterative: the nesting json.loads took may be deeper than Python's stack allows here.
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def checked_body(endpoint: Endpoint) -> Endpoint:
+    """An HTTP+JSON endpoint that answers a body :func:`parse_json_body` refuses with the
+    binding's 400 (``INVALID_ARGUMENT``, reason ``INVALID_REQUEST``, as the SDK answers a
+    body protobuf cannot parse) before ``endpoint`` sees it. An empty body is left to it."""
+
+    async def checked(request: Request) -> Response:
+        body = await _body(request)  # cached: the endpoint reads the same bytes
+        if body is None:
+            return rest_error(InvalidRequestError(message=GONE))
+        if body:
+            try:
+                parse_json_body(body)
+            except BodyError as exc:
+                return rest_error(InvalidRequestError(message=str(exc)))
+        return await endpoint(request)
+
+    return _named_like(checked, endpoint)
+
+
+GONE = "the client went away before sending the whole body"
+
+
+async def _body(request: Request) -> bytes | None:
+    """The request's body, or None when the client disconnected before its end. (A body
+    over MAX_BODY_BYTES raises the body limit's 413, answered as everywhere else.)"""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        return None
+
+
+def rest_error(error: A2AError) -> JSONResponse:
+    """``error`` as the HTTP+JSON binding answers it."""
+    logger.warning("a2a request refused", extra={"error": error.message})
+    payload = build_rest_error_payload(error)
+    return JSONResponse(payload, status_code=payload["error"]["code"])
+
+
+def _named_like(wrapper: Endpoint, endpoint: Any) -> Endpoint:
+    # The name and docstring give the route's name and OpenAPI summary and description.
+    inner = endpoint.func if isinstance(endpoint, functools.partial) else endpoint
+    wrapper.__name__ = getattr(inner, "__name__", wrapper.__name__)
+    wrapper.__doc__ = getattr(inner, "__doc__", None)
+    return wrapper
+
+
+def _with_checked_bodies(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
+    return [
+        Route(route.path, endpoint=checked_body(route.endpoint), methods=sorted(route.methods))
+        if isinstance(route, Route) and route.methods and "POST" in route.methods
+        else route
+        for route in routes
+    ]
+
+
+def history_length(query: str | None) -> int | None:
+    """The 0.3 ``historyLength`` query parameter, or InvalidParamsError."""
+    if query is None or query == "":
+        return None
+    stripped = query.strip()
+    if not (stripped.isdecimal() and stripped.isascii()) or int(stripped) > 2**31 - 1:
+        raise InvalidParamsError(
+            message=f"historyLength must be a whole number from 0 to {2**31 - 1}",
+            data={"errors": [{"field": "historyLength", "message": "not a uint32 number"}]},
+        )
+    return int(stripped)
+
+
+# --- 9. JSON-RPC: body check and method names of the other protocol version ---------------
+
+# The 0.3 JSON-RPC methods and their 1.0 names.
+V03_METHODS = {
+    "message/send": "SendMessage",
+    "message/stream": "SendStreamingMessage",
+    "tasks/get": "GetTask",
+    "tasks/cancel": "CancelTask",
+    "tasks/resubscribe": "SubscribeToTask",
+    "tasks/pushNotificationConfig/set": "CreateTaskPushNotificationConfig",
+    "tasks/pushNotificationConfig/get": "GetTaskPushNotificationConfig",
+    "tasks/pushNotificationConfig/list": "ListTaskPushNotificationConfigs",
+    "tasks/pushNotificationConfig/delete": "DeleteTaskPushNotificationConfig",
+    "agent/getAuthenticatedExtendedCard": "GetExtendedAgentCard",
+}
+
+
+def checked_jsonrpc_route(route: Route, path: str | None = None) -> Route:
+    """The SDK's JSON-RPC route (at ``path``, default its own), with the body checked
+    before the SDK parses it and 0.3 method names refused under another version."""
+    endpoint = route.endpoint
+
+    async def checked(request: Request) -> Response:
+        body = await _body(request)  # cached: the SDK reads the same bytes
+        if body is None:
+            return _jsonrpc_error(None, InvalidRequestError(message=GONE))
+        try:
+            payload = parse_json_body(body)
+        except BodyError as exc:
+            return _jsonrpc_error(None, JSONRPCParseError(message=str(exc)))
+        refusal = jsonrpc_refusal(payload, request.headers.get(VERSION_HEADER))
+        if refusal is not None:
+            request_id, error = refusal
+            return _jsonrpc_error(request_id, error, v03=isinstance(error, InvalidParamsError))
+        response: Response = await endpoint(request)
+        return response
+
+    return Route(
+        path or route.path,
+        endpoint=_named_like(checked, endpoint),
+        methods=sorted(route.methods or ("POST",)),
+    )
+
+
+# Integer fields of 0.3 params that are int32 in the proto the SDK converts them to (a
+# larger value fails that conversion: -32603).
+V03_INT32_PARAMS = (("historyLength",), ("configuration", "historyLength"))
+INT32 = range(-(2**31), 2**31)
+
+
+def jsonrpc_refusal(payload: Any, version: str | None) -> tuple[str | int | None, A2AError] | None:
+    """The request id and error for a 0.3 method under a version other than 0.x, or with an
+    int32 parameter out of range; None for everything else (the SDK's to answer)."""
+    if not isinstance(payload, dict) or payload.get("jsonrpc") != "2.0":
+        return None
+    method, request_id = payload.get("method"), payload.get("id")
+    if not isinstance(method, str) or method not in V03_METHODS:
+        return None
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int | None):
+        return None  # the SDK answers an invalid id (-32600)
+    if not version:
+        return _int32_refusal(request_id, payload.get("params"))
+    try:
+        major = Version(version).major
+    except InvalidVersion:
+        major = None
+    if major == 0:
+        return _int32_refusal(request_id, payload.get("params"))
+    if major == Version(PROTOCOL_VERSION_1_0).major:
+        name = V03_METHODS[method]
+        return request_id, MethodNotFoundError(
+            message=(
+                f"{method!r} is a protocol 0.3 method; under A2A-Version {version} it is "
+                f"{name!r} (or send no A2A-Version header for protocol 0.3)"
+            ),
+            data={"method": method, "protocolVersion": version, "use": name},
+        )
+    return request_id, VersionNotSupportedError(
+        message=(
+            f"A2A version {version!r} is not supported; this agent speaks "
+            f"{PROTOCOL_VERSION_1_0} (A2A-Version: {PROTOCOL_VERSION_1_0}) and "
+            f"{PROTOCOL_VERSION_0_3} (no A2A-Version header)"
+        ),
+        data={"supported": f"{PROTOCOL_VERSION_1_0}, {PROTOCOL_VERSION_0_3}"},
+    )
+
+
+def _int32_refusal(
+    request_id: str | int | None, params: Any
+) -> tuple[str | int | None, A2AError] | None:
+    for path in V03_INT32_PARAMS:
+        value = params
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value not in INT32:
+            field = ".".join(path)
+            return request_id, InvalidParamsError(
+                message=f"params.{field} is out of range ({INT32.start} to {INT32.stop - 1})",
+                data={"errors": [{"field": field, "message": "out of the int32 range"}]},
+            )
+    return None
+
+
+def _jsonrpc_error(
+    request_id: str | int | None, error: A2AError | JSONRPCParseError, *, v03: bool = False
+) -> JSONResponse:
+    logger.warning("a2a request refused", extra={"error": error.message})
+    # JSON-RPC errors ride in an HTTP 200, as the SDK sends them; a 0.3 method's error in
+    # the 0.3 form (data as given, not 1.0's list of typed details).
+    if v03 and isinstance(error, A2AError):
+        code = JSON_RPC_ERROR_CODE_MAP[type(error)]
+        body = {"code": code, "message": error.message, "data": error.data}
+        return JSONResponse({"jsonrpc": "2.0", "id": request_id, "error": body})
+    return JSONResponse(build_error_response(request_id, error))

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from a2a.types import Message as A2AMessage
-from a2a.types import Part, SendMessageRequest
+from a2a.types import Part, SendMessageRequest, Task
 from a2a.utils.errors import ContentTypeNotSupportedError, InvalidParamsError
 from google.protobuf.json_format import MessageToDict
 
@@ -26,10 +26,14 @@ from service.core.outcomes import ClassifyOutcome, ModerationOutcome
 from service.core.pipeline import GuardedPipeline
 from service.guard.scanner import Message
 
+if TYPE_CHECKING:
+    from service.a2a.chat_skill import ChatTurn
+
 SENTIMENT_CNN = "sentiment-cnn"
 SENTIMENT_MOE = "sentiment-moe"
 MODERATION = "moderation"
-SKILL_IDS = (SENTIMENT_CNN, SENTIMENT_MOE, MODERATION)
+CHAT = "chat"  # a conversation: see service/a2a/chat_skill.py
+SKILL_IDS = (SENTIMENT_CNN, SENTIMENT_MOE, MODERATION, CHAT)
 DEFAULT_SKILL = SENTIMENT_CNN
 
 DATA_KEYS = frozenset({"texts", "text", "model", "skill", "messages"})
@@ -88,6 +92,25 @@ SKILLS: dict[str, SkillInfo] = {
             '{"skill": "moderation", "texts": ["How do I bake bread?"]}',
             '{"skill": "moderation", "messages": [{"role": "user", "content": "Hi"}, '
             '{"role": "assistant", "content": "Hello!"}]}',
+        ),
+    ),
+    CHAT: SkillInfo(
+        CHAT,
+        "Guarded chat",
+        "A conversation with a chat model behind Llama Guard 3. One task is one "
+        'conversation: each message is a turn (its text parts, or a data part\'s "text"); '
+        "the conversation so far is screened before the reply, and the reply is streamed in "
+        "chunks, each released only after the guard passed the reply so far. After each "
+        "reply the task waits in input-required with the reply as its status message; send "
+        "the next message with the task's taskId to continue (the conversation is the "
+        "task's history), CancelTask to end it. The reply of each turn is an artifact "
+        "(chat-reply-<turn>), streamed chunk by chunk with SendStreamingMessage. A blocked "
+        "message or reply ends the task rejected, naming the hazard categories. Select it "
+        'with "skill": "chat" in a data part or in the message metadata.',
+        ("chat", "conversation", "multi-turn", "streaming", "llama-guard", "guarded"),
+        (
+            '{"skill": "chat", "text": "Which films are worth watching twice?"}',
+            "And why that one? (the next turn: a message with the task's taskId)",
         ),
     ),
 }
@@ -151,10 +174,10 @@ def skill_model(skill: str, settings: Settings) -> str:
 
 def job_parser(
     pipeline: GuardedPipeline, settings: Settings
-) -> Callable[[SendMessageRequest], Job]:
+) -> Callable[[SendMessageRequest], Job | ChatTurn]:
     """The function that validates a SendMessage request into its Job."""
 
-    def parse(request: SendMessageRequest) -> Job:
+    def parse(request: SendMessageRequest) -> Job | ChatTurn:
         metadata = MessageToDict(request.metadata) if request.HasField("metadata") else {}
         return parse_job(request.message, metadata, pipeline, settings)
 
@@ -166,8 +189,10 @@ def parse_job(
     request_metadata: Mapping[str, Any],
     pipeline: GuardedPipeline,
     settings: Settings,
-) -> Job:
-    """Turn a message into a Job; raise the A2A error the protocol has for what is wrong."""
+    continuing: Task | None = None,
+) -> Job | ChatTurn:
+    """Turn a message into a Job; raise the A2A error the protocol has for what is wrong.
+    ``continuing``: the stored task a follow-up names (only a conversation takes one)."""
     texts: list[str] = []
     data: dict[str, Any] = {}
     for index, part in enumerate(message.parts):
@@ -179,6 +204,10 @@ def parse_job(
             data[key] = value
     texts.extend(_data_texts(data))
     skill = _choose_skill(data, message, request_metadata)
+    if skill == CHAT or continuing is not None:
+        from service.a2a.chat_skill import chat_turn  # it builds on this module
+
+        return chat_turn(texts, data, message, request_metadata, continuing, pipeline, settings)
 
     if skill == MODERATION:
         if "model" in data:
@@ -248,17 +277,38 @@ def _choose_skill(
     data: Mapping[str, Any], message: A2AMessage, request_metadata: Mapping[str, Any]
 ) -> str:
     candidates = (
-        data.get("skill"),
-        MessageToDict(message.metadata).get("skill") if message.HasField("metadata") else None,
-        request_metadata.get("skill"),
+        ("skill", data.get("skill")),
+        (
+            "message.metadata.skill",
+            MessageToDict(message.metadata).get("skill") if message.HasField("metadata") else None,
+        ),
+        ("metadata.skill", request_metadata.get("skill")),
     )
-    skill = next((value for value in candidates if value is not None), DEFAULT_SKILL)
+    field, skill = next(
+        ((field, value) for field, value in candidates if value is not None),
+        ("skill", DEFAULT_SKILL),
+    )
+    if not isinstance(skill, str):
+        # A JSON number, boolean, list or object (null counts as not given).
+        why = f"must be a string, one of: {', '.join(SKILL_IDS)}"
+        raise InvalidParamsError(
+            message=f"{field!r} {why}; got {_json_type(skill)}",
+            data={"errors": [{"field": field, "message": why}]},
+        )
     if skill not in SKILLS:
         raise InvalidParamsError(
             message=f"unknown skill {skill!r}; skills: {', '.join(SKILL_IDS)}",
             data={"skill": str(skill), "skills": list(SKILL_IDS)},
         )
     return skill
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 def _conversation(value: Any) -> list[Message]:

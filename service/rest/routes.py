@@ -1,4 +1,5 @@
-"""REST front end: /v1 (classify, models, moderate), health, readiness, metrics, problem docs.
+"""REST front end: /v1 (classify, models, moderate; the OpenAI-compatible chat completions and
+moderations in :mod:`service.rest.openai`), health, readiness, metrics, problem docs.
 
 :func:`create_routers` is given the pipeline by the composition root (``service.app``) and
 closes over it; a route reaches the models and the guard only through it. Each route is a
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from service.config import Settings
@@ -21,6 +22,7 @@ from service.core.errors import ERRORS
 from service.core.limits import ItemPath, LimitExceeded
 from service.core.pipeline import GuardedPipeline
 from service.guard.scanner import Message
+from service.rest.openai import create_openai_router, openai_models
 from service.rest.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -79,7 +81,9 @@ def create_routers(pipeline: GuardedPipeline, settings: Settings) -> list[APIRou
         listing = [
             {**info.to_dict(), "default": info.name == default} for info in pipeline.models()
         ]
-        return JSONResponse({"default": default, "models": listing})
+        # "object" and "data": the same models in the shape OpenAI's clients list them.
+        data = openai_models(pipeline)
+        return JSONResponse({"default": default, "models": listing, "object": "list", "data": data})
 
     @v1.post(
         "/v1/moderate",
@@ -114,11 +118,19 @@ def create_routers(pipeline: GuardedPipeline, settings: Settings) -> list[APIRou
     async def readyz(request: Request) -> JSONResponse:
         return await _readiness(request, pipeline, settings)
 
-    @ops.get("/metrics", summary="Prometheus metrics (text exposition format)")
+    @ops.get(
+        "/metrics",
+        summary="Prometheus metrics (text exposition format)",
+        response_class=PlainTextResponse,
+    )
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @ops.get("/problems/{slug}", summary="What a problem type means", include_in_schema=True)
+    @ops.get(
+        "/problems/{slug}",
+        summary="What a problem type means",
+        responses={404: {"model": Problem, "content": {"application/problem+json": {}}}},
+    )
     async def problem_type(slug: str, request: Request) -> JSONResponse:
         spec = ERRORS.get(slug)
         if spec is None:
@@ -132,7 +144,7 @@ def create_routers(pipeline: GuardedPipeline, settings: Settings) -> list[APIRou
             }
         )
 
-    return [v1, ops]
+    return [v1, create_openai_router(pipeline, settings), ops]
 
 
 async def _readiness(

@@ -20,7 +20,12 @@ class ClassifyRequest(BaseModel):
             "examples": [
                 {"text": "A moving, beautifully shot film."},
                 {"texts": ["Loved it.", "Two hours I will never get back."], "model": "switch-moe"},
-            ]
+            ],
+            # What _one_of checks, for the OpenAPI document (null counts as not given).
+            "oneOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                {"required": ["texts"], "properties": {"texts": {"type": "array"}}},
+            ],
         },
     )
 
@@ -63,7 +68,12 @@ class ModerateRequest(BaseModel):
                         {"role": "assistant", "content": "positive (0.97)"},
                     ]
                 },
-            ]
+            ],
+            # What _one_of checks, for the OpenAPI document (null counts as not given).
+            "oneOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+            ],
         },
     )
 
@@ -136,9 +146,21 @@ class ModelOut(BaseModel):
     default: bool
 
 
+class OpenAIModelOut(BaseModel):
+    """A model as OpenAI's clients list it (``client.models.list()``)."""
+
+    id: str
+    object: Literal["model"]
+    created: int = Field(description="Unix seconds of the model card's date; 0 if unknown.")
+    owned_by: str
+    kind: Literal["classifier", "chat"]
+
+
 class ModelsResponse(BaseModel):
     default: str
     models: list[ModelOut]
+    object: Literal["list"]
+    data: list[OpenAIModelOut] = Field(description="The classifiers and the chat model.")
 
 
 class ModerateResponse(VerdictOut):

@@ -10,6 +10,7 @@ phrase as title, as the RFC recommends.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -18,6 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.core.errors import ERRORS, InternalError, ServiceError
 from service.core.limits import LimitExceeded, Violation
@@ -26,6 +28,41 @@ from service.logging import get_request_id
 logger = logging.getLogger("service.web")
 
 PROBLEM_JSON = "application/problem+json"
+
+# The OpenAI-compatible routes (service/rest/openai.py): their problem documents also carry
+# OpenAI's "error" member, which OpenAI's clients read for the message and the body of the
+# error they raise (RFC 9457 allows extension members).
+OPENAI_COMPATIBLE_PATHS = frozenset({"/v1/chat/completions", "/v1/moderations"})
+
+
+def openai_error(
+    status: int, code: str | None, message: str, extensions: Mapping[str, Any]
+) -> dict[str, Any]:
+    """OpenAI's error object for a problem: ``message``, ``type`` (from the status),
+    ``code`` (the problem type's slug), ``param`` (the first invalid field), and the
+    problem's extension members again (OpenAI's clients expose only this object as the
+    error's body), except the ``errors`` list, whose first entry is summed up instead."""
+    fallback = "server_error" if status >= 500 else "invalid_request_error"
+    error: dict[str, Any] = {
+        "message": message,
+        "type": _OPENAI_TYPES.get(status, fallback),
+        "code": code,
+        "param": None,
+    }
+    errors = extensions.get("errors")
+    if errors:
+        first = errors[0]
+        error["param"] = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        if first.get("msg") and first["msg"] not in message:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            error["message"] = f"{message}: {error['param']}: {first['msg']}{more}"
+    for key, value in extensions.items():
+        if key != "errors" and key not in error:
+            error[key] = value
+    return error
+
+
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
 def problem_response(
@@ -56,6 +93,8 @@ def problem_response(
     if request_id:
         body["request_id"] = request_id
     body.update(extensions)
+    if body["instance"] in OPENAI_COMPATIBLE_PATHS:
+        body["error"] = openai_error(status, slug, detail, extensions)
     return JSONResponse(
         jsonable_encoder(body), status_code=status, headers=headers, media_type=PROBLEM_JSON
     )
@@ -118,6 +157,9 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     return service_error_response(request, exc, request.url.path)
 
 
+FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     headers = dict(exc.headers or {})
@@ -125,12 +167,40 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         return problem_response(request, 413, "body-too-large", str(exc.detail), headers=headers)
     if exc.status_code == 408:
         return problem_response(request, 408, "body-timeout", str(exc.detail), headers=headers)
+    if exc.status_code == 400 and exc.detail == FASTAPI_BODY_ERROR:
+        # FastAPI's answer to a body json.loads raised other than JSONDecodeError on: not
+        # UTF-8, nested past the recursion limit, an integer over the digit limit. The same
+        # 422 as any other body that is not JSON.
+        detail = "the request body is not valid JSON"
+        error = {
+            "loc": ["body"],
+            "msg": f"{detail} (UTF-8, nesting, numbers)",
+            "type": "json_invalid",
+        }
+        return problem_response(request, 422, "validation-error", detail, errors=[error])
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.url.path}"
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
     return problem_response(request, exc.status_code, None, detail, headers=headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """The methods of the path template that matched. Starlette's 405 names those of the
+    first route that matched only, and a template can have one route per method (the A2A
+    SDK's routes do)."""
+    methods: set[str] = set()
+    template = None
+    for route in getattr(request.app, "routes", ()):
+        route_methods = getattr(route, "methods", None)
+        if not route_methods or route.matches(request.scope)[0] is Match.NONE:
+            continue
+        template = template or getattr(route, "path", None)
+        if getattr(route, "path", None) == template:
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
