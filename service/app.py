@@ -26,11 +26,7 @@ from service.guard.llama_guard import LlamaGuard
 from service.guard.scanner import Scanner
 from service.rest.routes import create_routers
 from service.web.auth import install_auth
-from service.web.middleware import (
-    BodyLimitMiddleware,
-    RequestContextMiddleware,
-    RequestLifetimeMiddleware,
-)
+from service.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.web.problems import install_problem_handlers
 
 if TYPE_CHECKING:
@@ -119,7 +115,6 @@ def create_app(
     for router in create_routers(pipeline, settings):
         app.include_router(router)
     mount_a2a(app, pipeline, settings)  # the A2A agent: card, JSON-RPC and HTTP+JSON routes
-    app.add_middleware(RequestLifetimeMiddleware)  # inside auth: it reads the caller
     install_auth(app, settings)  # bearer tokens (API_TOKENS) on everything but open paths
     # Added last = outermost: the request id exists before the body limit can refuse.
     app.add_middleware(

@@ -26,6 +26,7 @@ from starlette.authentication import AuthCredentials, SimpleUser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.config import Settings
+from service.guard.admission import caller as guard_caller
 from service.web.problems import problem_response
 
 logger = logging.getLogger("service.auth")
@@ -126,7 +127,11 @@ class BearerAuthMiddleware:
             # reads request.user), the access log, per-caller limits.
             scope["user"] = SimpleUser(caller)
             scope["auth"] = AuthCredentials(["authenticated"])
-            await self.app(scope, receive, send)
+            token_of_caller = guard_caller.set(caller)  # the guard's per-caller share
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                guard_caller.reset(token_of_caller)
             return
         if is_open(scope.get("path", "")):
             await self.app(scope, receive, send)

@@ -60,6 +60,9 @@ class RequestContextMiddleware:
             return
         request_id = choose_request_id(_header(scope, b"x-request-id"))
         token = set_request_id(request_id)
+        # Who is asking, for the guard's per-caller share: the client's address here; the
+        # auth middleware further in names a token's caller instead.
+        caller_token = caller.set(_client(scope).rsplit(":", 1)[0])
         started = time.perf_counter()
         status = 0
         response_started = False
@@ -110,6 +113,7 @@ class RequestContextMiddleware:
                     },
                 )
             reset_request_id(token)
+            caller.reset(caller_token)
 
 
 # The metric children per label set, looked up once (``labels()`` builds a tuple of strings
@@ -156,9 +160,20 @@ class BodyTimeout(HTTPException):
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over ``max_body_bytes``: by Content-Length before the app runs, and by
-    counting while the body streams in (HTTP/2 and chunked bodies need not declare a length),
-    so an oversized body is never read past the limit."""
+    """The request body, and the request's life after it.
+
+    - Refuses bodies over ``max_body_bytes``: by Content-Length before the app runs, and by
+      counting while the body streams in (HTTP/2 and chunked bodies need not declare a
+      length), so an oversized body is never read past the limit (413).
+    - Refuses a body that has not fully arrived ``body_timeout`` seconds after the request
+      started (408): a client that stalls or trickles does not hold the stream.
+    - Once the body is in, ties the request's work to its client being there: when the
+      client goes away (``http.disconnect``: an HTTP/2 stream reset, a closed connection)
+      before the response finished, the work is cancelled, so the pipeline call stops and a
+      guard call nobody else waits for is cancelled with it. Requests answered within
+      ``WATCH_AFTER`` seconds are never watched (a timer, not a task). The app still sees the
+      disconnect on ``receive`` (streaming responses stop on it).
+    """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout: float = 30.0) -> None:
         self.app = app
@@ -175,41 +190,78 @@ class BodyLimitMiddleware:
             await self._refuse(scope, receive, send, BodyTooLarge(limit))
             return
 
+        loop = asyncio.get_running_loop()
+        work = asyncio.current_task()
+        deadline = loop.time() + self.body_timeout
         received = 0
+        body_read = False
         response_started = False
-        body_done = False
-        deadline = asyncio.get_running_loop().time() + self.body_timeout
+        finished = False
+        gone = asyncio.Event()
+        watcher: asyncio.Task[None] | None = None
+        timer: asyncio.TimerHandle | None = None
 
-        async def limited_receive() -> Message:
-            nonlocal received, body_done
-            if body_done:
-                return await receive()  # only a disconnect can come now
+        async def watch() -> None:
+            message = await receive()
+            while message["type"] != "http.disconnect":  # nothing else comes after the body
+                message = await receive()
+            gone.set()
+            if not finished and work is not None:
+                CLIENT_GONE.inc()
+                work.cancel()
+
+        def start_watching() -> None:
+            nonlocal watcher
+            if watcher is None and not finished:
+                watcher = loop.create_task(watch())
+
+        async def guarded_receive() -> Message:
+            nonlocal received, body_read, timer
+            if body_read:  # the app waits for a disconnect (a streaming response does)
+                start_watching()
+                await gone.wait()
+                return {"type": "http.disconnect"}
             try:
-                # The whole body must arrive by the deadline: a client that sends half a body
-                # and stalls (or trickles a byte at a time) does not hold the stream open.
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
                 raise BodyTimeout(self.body_timeout) from None
-            if message["type"] == "http.request":
+            if message["type"] == "http.disconnect":
+                gone.set()
+            elif message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLarge(limit)
-                body_done = not message.get("more_body", False)
+                if not message.get("more_body", False):
+                    body_read = True
+                    timer = loop.call_later(WATCH_AFTER, start_watching)
             return message
 
         async def tracking_send(message: Message) -> None:
-            nonlocal response_started
+            nonlocal response_started, finished
             if message["type"] == "http.response.start":
                 response_started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, guarded_receive, tracking_send)
         except (BodyTooLarge, BodyTimeout) as exc:
             if response_started:
                 raise
             await self._refuse(scope, receive, send, exc)
+        except asyncio.CancelledError:
+            if not gone.is_set() or finished or work is None:
+                raise  # not ours: the server is cancelling the request
+            # The client went away; there is nobody to answer. The cancellation was ours, so
+            # it is taken back (asyncio.timeout and task groups further out count them).
+            work.uncancel()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
     @staticmethod
     async def _refuse(
@@ -226,69 +278,5 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-class RequestLifetimeMiddleware:
-    """Ties the work of a request to the caller being there.
-
-    - Sets who is asking (:data:`service.guard.admission.caller`: the API token's name, or
-      the client address when auth is off) for the guard's per-caller share.
-    - Once the body has been read, watches for the client going away (``http.disconnect``:
-      an HTTP/2 stream reset, a closed connection) and cancels the request's work if the
-      response has not finished: the pipeline call stops, and a guard call nobody else
-      waits for is cancelled with it. The app still sees the disconnect on ``receive``
-      (streaming responses stop on it).
-
-    Sits inside the auth middleware, which names the caller.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        token = caller.set(caller_of(scope) or _client(scope).rsplit(":", 1)[0])
-        gone = asyncio.Event()
-        finished = False
-        watcher: asyncio.Task[None] | None = None
-        work = asyncio.current_task()
-
-        async def watch() -> None:
-            message = await receive()
-            while message["type"] != "http.disconnect":  # nothing else comes after the body
-                message = await receive()
-            gone.set()
-            if not finished and work is not None:
-                CLIENT_GONE.inc()
-                work.cancel()
-
-        async def guarded_receive() -> Message:
-            nonlocal watcher
-            if watcher is not None:  # the body is in: only a disconnect can come now
-                await gone.wait()
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                gone.set()
-            elif not message.get("more_body", False):
-                watcher = asyncio.create_task(watch())
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal finished
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                finished = True
-            await send(message)
-
-        try:
-            await self.app(scope, guarded_receive, tracking_send)
-        except asyncio.CancelledError:
-            if not gone.is_set() or finished or work is None:
-                raise  # not ours: the server is cancelling the request
-            # The client went away; there is nobody to answer. The cancellation was ours, so
-            # it is taken back (asyncio.timeout and task groups further out count them).
-            work.uncancel()
-        finally:
-            caller.reset(token)
-            if watcher is not None:
-                watcher.cancel()
+# Seconds after the body was read before a request starts watching for its client going away.
+WATCH_AFTER = 0.02
