@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.a2a.sdk_compat import V03_METHODS
 from tests.helpers import ServerProcess, h2_client, running_server
 from tests.ollama_double import OllamaDouble
 
@@ -268,18 +269,8 @@ async def test_a_null_skill_means_the_default_and_a_string_must_name_a_skill(
 
 # --- method names of the other protocol version ----------------------------------------------
 
-V03_TO_V10 = {
-    "message/send": "SendMessage",
-    "message/stream": "SendStreamingMessage",
-    "tasks/get": "GetTask",
-    "tasks/cancel": "CancelTask",
-    "tasks/resubscribe": "SubscribeToTask",
-    "tasks/pushNotificationConfig/set": "CreateTaskPushNotificationConfig",
-    "tasks/pushNotificationConfig/get": "GetTaskPushNotificationConfig",
-    "tasks/pushNotificationConfig/list": "ListTaskPushNotificationConfigs",
-    "tasks/pushNotificationConfig/delete": "DeleteTaskPushNotificationConfig",
-    "agent/getAuthenticatedExtendedCard": "GetExtendedAgentCard",
-}
+# The product's table (tests/test_a2a_sdk_compat.py checks it against the SDK's own names).
+V03_TO_V10 = V03_METHODS
 
 
 @pytest.mark.parametrize("path", JSONRPC_PATHS)
