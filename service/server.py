@@ -25,10 +25,13 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -160,6 +163,18 @@ def _supervise(settings: Settings) -> int:
         port = reservation.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     data = settings.model_dump()
+    shared_store: Path | None = None
+    if not settings.task_store_url:
+        # Each worker would keep its own in-memory tasks, and a GetTask or a cancel that
+        # lands on another worker than the task's would not find it. The workers share a
+        # SQLite file instead, for as long as this supervisor runs.
+        shared_store = Path(tempfile.mkdtemp(prefix="gis-tasks-"))
+        data["task_store_url"] = f"sqlite+aiosqlite:///{shared_store / 'tasks.db'}"
+        logger.info(
+            "several workers and no TASK_STORE_URL: the workers share their A2A tasks in a "
+            "SQLite file for as long as the service runs (set TASK_STORE_URL to keep them)",
+            extra={"task_store": str(shared_store / "tasks.db")},
+        )
     workers = [
         ctx.Process(target=_worker_main, args=(data, port, i), name=f"worker-{i}", daemon=False)
         for i in range(settings.workers)
@@ -198,6 +213,8 @@ def _supervise(settings: Settings) -> int:
                     forward(signal.SIGTERM, None)
     if reservation is not None:
         reservation.close()
+    if shared_store is not None:
+        shutil.rmtree(shared_store, ignore_errors=True)
     return exit_code
 
 

@@ -132,3 +132,45 @@ def test_start_up_fails_cleanly_for_a_default_model_that_is_not_loaded(
     errors = [e["message"] for e in server.logs() if e.get("level") == "ERROR"]
     assert any("DEFAULT_MODEL 'sentiment-cnn-int4' is not among" in m for m in errors)
     assert not any("Traceback" in line for line in server.lines)
+
+
+async def test_two_workers_share_their_a2a_tasks(double: OllamaDouble) -> None:
+    # The documented example (`serve --workers 2`) with no TASK_STORE_URL: a task made on one
+    # worker is found, and canceled, from every connection, whichever worker takes it.
+    server = start_server(ollama_host=double.url, workers=2, **FAST)
+    try:
+        server.wait_ready()
+        server.wait_for_log(lambda e: str(e.get("message", "")).startswith("Running on"), count=2)
+        headers = {"A2A-Version": "1.0"}
+        ids = []
+        for i in range(6):
+            async with h2_client(server) as client:
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": i,
+                    "method": "SendMessage",
+                    "params": {
+                        "message": {
+                            "role": "ROLE_USER",
+                            "messageId": f"m-{i}",
+                            "parts": [{"text": "A fine film."}],
+                        }
+                    },
+                }
+                answer = (await client.post("/", json=body, headers=headers)).json()
+                ids.append(answer["result"]["task"]["id"])
+        found = 0
+        for attempt in range(24):  # new connections: the kernel spreads them over both
+            async with h2_client(server) as client:
+                task_id = ids[attempt % len(ids)]
+                body = {"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": task_id}}
+                answer = (await client.post("/", json=body, headers=headers)).json()
+                assert answer.get("result", {}).get("id") == task_id, answer
+                found += 1
+        assert found == 24
+        lines = server.logs()
+        assert {line.get("worker") for line in lines if line.get("message") == "request"} == {0, 1}
+        assert any("share their A2A tasks" in str(line.get("message")) for line in lines)
+        assert server.stop(signal.SIGTERM) == 0
+    finally:
+        server.stop(signal.SIGKILL)
