@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # tokens, or (CHAT_CHUNK=sentences) at the first sentence end before that.
     chat_chunk: Literal["tokens", "sentences"] = "tokens"
     chat_chunk_tokens: int = Field(24, ge=1)
+    # Seconds an A2A chat conversation may wait for the caller's next message before it is
+    # ended (canceled, reason conversation-idle); 0 lets conversations wait forever.
+    chat_idle_timeout: float = Field(3600.0, ge=0)
 
     # --- A2A / auth -------------------------------------------------------------------
     public_url: str | None = None

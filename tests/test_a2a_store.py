@@ -3,6 +3,7 @@ forms; the in-memory default."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from a2a.server.context import ServerCallContext
 from a2a.server.tasks import DatabaseTaskStore, InMemoryTaskStore
 from a2a.types import ListTasksRequest, Message, Part, Task, TaskState, TaskStatus
+from google.protobuf.json_format import MessageToDict
 
 from service.a2a.store import BoundedInMemoryTaskStore, create_task_storage, database_url
 from tests.helpers import running_server
@@ -167,3 +169,36 @@ async def test_memory_store_is_bounded_by_bytes_too() -> None:
     assert "running" in kept and "done-29" in kept and "done-0" not in kept
     assert 5 <= len(kept) <= 10
     assert store.bytes == sum(t.ByteSize() for t in listed.tasks)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_waiting_conversations_end_after_the_idle_timeout(kind: str, tmp_path: Path) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    url = None if kind == "memory" else f"sqlite+aiosqlite:///{tmp_path}/idle.db"
+    storage = create_task_storage(url, idle_after=60, sweep_interval=3600)
+    await storage.start()
+    context = ServerCallContext()
+
+    def task(task_id: str, state: int, age: float) -> Task:
+        stamp = Timestamp()
+        stamp.FromNanoseconds(int((time.time() - age) * 1e9))
+        return Task(id=task_id, context_id="c", status=TaskStatus(state=state, timestamp=stamp))
+
+    try:
+        waiting = TaskState.TASK_STATE_INPUT_REQUIRED
+        await storage.store.save(task("old-wait", waiting, 120), context)
+        await storage.store.save(task("new-wait", waiting, 5), context)
+        await storage.store.save(task("old-done", TaskState.TASK_STATE_COMPLETED, 120), context)
+        swept = await storage.sweep()
+        assert swept.idle == 1
+        old = await storage.store.get("old-wait", context)
+        assert old is not None and old.status.state == TaskState.TASK_STATE_CANCELED
+        data = [MessageToDict(p.data) for p in old.status.message.parts if p.HasField("data")]
+        assert data == [{"reason": "conversation-idle", "idle_after_s": 60.0}]
+        new = await storage.store.get("new-wait", context)
+        assert new is not None and new.status.state == waiting
+        done = await storage.store.get("old-done", context)
+        assert done is not None and done.status.state == TaskState.TASK_STATE_COMPLETED
+    finally:
+        await storage.close()

@@ -66,6 +66,7 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
         retention=settings.task_store_retention,
         stale_after=stale_after,
         sweep_interval=settings.task_store_sweep_interval,
+        idle_after=settings.chat_idle_timeout,
     )
 
     async def interrupted(task: Task, context: ServerCallContext) -> Task:

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from service.a2a.parts import failure_parts, now
+from service.a2a.parts import data_part, failure_parts, now, text_part
 from service.a2a.sdk_compat import (
     RUNNING_STATES,
     TERMINAL_TASK_STATES,
@@ -89,6 +89,10 @@ class BoundedInMemoryTaskStore(InMemoryTaskStore):
         _, size = self._kept.pop((resolve_user_scope(context), task_id), (False, 0))
         self.bytes -= size
 
+    def unfinished(self) -> list[tuple[str, str]]:
+        """(owner, task id) of every task not in a terminal state."""
+        return [key for key, (finished, _) in self._kept.items() if not finished]
+
     async def _forget_oldest(self) -> None:
         count_goal, bytes_goal = int(self.max_tasks * 0.9), int(self.max_bytes * 0.9)
         victims = []
@@ -111,6 +115,7 @@ class BoundedInMemoryTaskStore(InMemoryTaskStore):
 class Sweep:
     interrupted: int  # running tasks ended failed: nothing can still be running them
     expired: int  # finished tasks deleted after the retention period
+    idle: int = 0  # conversations ended after waiting too long for the caller's next turn
 
 
 @dataclass
@@ -119,7 +124,9 @@ class TaskStorage:
     ``sweep_interval`` seconds: finished tasks older than ``retention`` are deleted, and a
     task still submitted or working that has not changed for ``stale_after`` seconds (longer
     than any task can run) is ended failed, "interrupted": its process stopped before it
-    finished."""
+    finished. Both stores: a conversation waiting for the caller's next message
+    (input-required) for longer than ``idle_after`` seconds is ended canceled, so waiting
+    conversations cannot pile up (``idle_after`` 0: they wait forever)."""
 
     store: TaskStore
     engine: AsyncEngine | None  # None for the in-memory store
@@ -127,10 +134,13 @@ class TaskStorage:
     retention: float = 0.0  # seconds; 0 keeps finished tasks forever
     stale_after: float = 60.0
     sweep_interval: float = 60.0
+    idle_after: float = 0.0
     _sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if not isinstance(self.store, DatabaseTaskStore):
+            if self.idle_after:
+                self._sweeper = asyncio.create_task(self._sweep_forever())
             return
         for attempt in range(3):
             try:
@@ -148,10 +158,11 @@ class TaskStorage:
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def sweep(self) -> Sweep:
-        """One pass of upkeep (see the class docstring); a no-op for the in-memory store."""
+        """One pass of upkeep (see the class docstring)."""
         store = self.store
+        idle = await self._end_idle_conversations()
         if not isinstance(store, DatabaseTaskStore):
-            return Sweep(0, 0)
+            return Sweep(0, 0, idle)
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         interrupted = 0
         stale = now - dt.timedelta(seconds=self.stale_after)
@@ -171,9 +182,40 @@ class TaskStorage:
                 if row.state in TERMINAL_TASK_STATES
             ]
             expired = await delete_rows(store, finished)
-        if interrupted or expired:
-            logger.info("task store swept", extra={"interrupted": interrupted, "expired": expired})
-        return Sweep(interrupted, expired)
+        if interrupted or expired or idle:
+            logger.info(
+                "task store swept",
+                extra={"interrupted": interrupted, "expired": expired, "idle": idle},
+            )
+        return Sweep(interrupted, expired, idle)
+
+    async def _end_idle_conversations(self) -> int:
+        if not self.idle_after:
+            return 0
+        store = self.store
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.idle_after)
+        if isinstance(store, DatabaseTaskStore):
+            rows = await rows_updated_before(store, cutoff.replace(tzinfo=None))
+            waiting = [
+                (r.owner, r.id) for r in rows if r.state == TaskState.TASK_STATE_INPUT_REQUIRED
+            ]
+        elif isinstance(store, BoundedInMemoryTaskStore):
+            waiting = store.unfinished()
+        else:
+            return 0
+        ended = 0
+        for owner, task_id in waiting:
+            context = ServerCallContext(user=_Owner(owner))
+            task = await store.get(task_id, context)
+            if (
+                task is not None
+                and task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+                and task.status.HasField("timestamp")
+                and task.status.timestamp.ToDatetime(tzinfo=dt.UTC) < cutoff
+            ):
+                await end_idle(store, task, context, self.idle_after)
+                ended += 1
+        return ended
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -190,6 +232,30 @@ class TaskStorage:
                 await self._sweeper
         if self.engine is not None:
             await self.engine.dispose()
+
+
+async def end_idle(
+    store: TaskStore, task: Task, context: ServerCallContext, seconds: float
+) -> None:
+    """End a conversation that waited too long for its caller: canceled, with the reason."""
+    task.status.CopyFrom(
+        TaskStatus(
+            state=TaskState.TASK_STATE_CANCELED,
+            timestamp=now(),
+            message=Message(
+                role=Role.ROLE_AGENT,
+                message_id=str(uuid.uuid4()),
+                task_id=task.id,
+                context_id=task.context_id,
+                parts=[
+                    text_part(f"ended: no message from the caller for {seconds:g} s"),
+                    data_part({"reason": "conversation-idle", "idle_after_s": seconds}),
+                ],
+            ),
+        )
+    )
+    await store.save(task, context)
+    logger.info("conversation ended idle", extra={"task_id": task.id})
 
 
 async def interrupt(store: TaskStore, task: Task, context: ServerCallContext) -> Task:
@@ -229,11 +295,15 @@ def create_task_storage(
     retention: float = 0.0,
     stale_after: float = 60.0,
     sweep_interval: float = 60.0,
+    idle_after: float = 0.0,
 ) -> TaskStorage:
     """The task store TASK_STORE_URL asks for (in memory, bounded, when it is empty), with
     the SQL store's upkeep (see TaskStorage)."""
     if not task_store_url:
-        return TaskStorage(BoundedInMemoryTaskStore(max_tasks, max_bytes), None, "memory")
+        memory = BoundedInMemoryTaskStore(max_tasks, max_bytes)
+        return TaskStorage(
+            memory, None, "memory", sweep_interval=sweep_interval, idle_after=idle_after
+        )
     url = make_url(database_url(task_store_url))
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -246,4 +316,5 @@ def create_task_storage(
         retention=retention,
         stale_after=stale_after,
         sweep_interval=sweep_interval,
+        idle_after=idle_after,
     )
