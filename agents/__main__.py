@@ -4,9 +4,9 @@ The token is sent only to the origin of URL; ``--send-token-to ORIGIN`` (repeata
 ``--trust-card-urls`` let it go to other URLs the agent's card names.
 
 Asks any A2A agent (this service, or another) one question over HTTP/2 and prints the
-events as they arrive, then the final result. Exit status: 0 when the task completed,
-1 when it ended otherwise (rejected, failed, canceled), 2 when the agent could not be
-reached or refused the request.
+events as they arrive, then the final result. Exit status: 0 when the task completed (or,
+for a conversation, waits for the next message), 1 when it ended otherwise (rejected,
+failed, canceled), 2 when the agent could not be reached or refused the request.
 """
 
 from __future__ import annotations

@@ -102,3 +102,11 @@ def test_ask_an_unreachable_agent_exits_2(closed_port: int) -> None:
     result = ask(f"http://127.0.0.1:{closed_port}", "hello")
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_ask_chat_prints_the_reply_and_exits_0(server: ServerProcess, double: OllamaDouble) -> None:
+    double.set_replies(None, default="Hello there, how can I help?")
+    result = ask(server.base_url, "Hi!", "--skill", "chat")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert result.stdout.splitlines()[-1] == "result: input_required"
+    assert "Hello there, how can I help?" in result.stdout.replace("\n  ", "")

@@ -66,8 +66,12 @@ class Answer:
 
     @property
     def ok(self) -> bool:
+        """Answered: a message, a completed task, or a conversation waiting for the next turn
+        (the chat skill's reply ends in input-required)."""
         return self.message is not None or (
-            self.task is not None and self.task.status.state == TaskState.TASK_STATE_COMPLETED
+            self.task is not None
+            and self.task.status.state
+            in (TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_INPUT_REQUIRED)
         )
 
 
