@@ -68,10 +68,12 @@ bench-quant: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks.quantization_choice --data $(dir $(DATA))imdb_reviews.jsonl.gz --out benchmarks/results/quantization_choice.md
 
-# An Ollama-protocol stand-in on 127.0.0.1:11434 that answers "safe", for trying the
+# An Ollama-protocol stand-in on 127.0.0.1:$(GUARD_DOUBLE_PORT) (default 11434; `make guard-double
+# GUARD_DOUBLE_PORT=11435`) that answers "safe" (and generates chat replies), for trying the
 # service without Ollama. It lives under tests/ and is never part of the product.
+GUARD_DOUBLE_PORT ?= 11434
 guard-double: $(STAMP)
-	$(PY) -m tests.ollama_double --port 11434
+	$(PY) -m tests.ollama_double --port $(GUARD_DOUBLE_PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

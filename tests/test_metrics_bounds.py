@@ -33,3 +33,12 @@ async def test_invented_methods_and_paths_do_not_mint_series(server: ServerProce
         <= len([line for line in before.splitlines() if line.startswith("http_requests_total{")])
         + 4
     )  # other x {unmatched, /healthz} x their statuses
+
+
+async def test_the_api_docs_have_their_own_route_label(server: ServerProcess) -> None:
+    async with h2_client(server) as http:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert (await http.get(path)).status_code == 200
+        text = (await http.get("/metrics")).text
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert f'route="{path}",status="200"' in text

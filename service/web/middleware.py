@@ -137,7 +137,13 @@ def _route_template(scope: Scope) -> str:
     # The template (/v1/classify), never the raw path: unknown paths must not mint new series.
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    if isinstance(path, str):
+        return path
+    # A plain Starlette route (FastAPI's /docs, /redoc, /openapi.json) matched without
+    # recording itself: its path is a route's own when the route has no parameters.
+    if scope.get("endpoint") is not None and scope.get("path_params") == {}:
+        return str(scope.get("path", "unmatched"))
+    return "unmatched"
 
 
 class BodyTooLarge(HTTPException):
