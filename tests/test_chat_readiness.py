@@ -30,3 +30,20 @@ async def test_chat_switched_off_is_ready_with_a_warning(ollama_double: OllamaDo
     assert ready.status_code == 200, ready.text
     chat = ready.json()["checks"]["chat"]
     assert chat["ok"] is True and chat["enabled"] is False and "off" in chat["warning"]
+
+
+async def test_probes_take_head_and_not_ready_says_when_to_retry(
+    ollama_double: OllamaDouble,
+) -> None:
+    with running_server(
+        ollama_host=ollama_double.url, models="sentiment-cnn-int8", guard_retry_after=9
+    ) as server:
+        async with h2_client(server) as http:
+            for path in ("/healthz", "/readyz"):
+                head = await http.head(path)
+                assert head.status_code == 200 and head.content == b""
+            ollama_double.set_models([])
+            missing = await http.get("/readyz")
+            head = await http.head("/readyz")
+    assert missing.status_code == 503 and missing.headers["retry-after"] == "9"
+    assert head.status_code == 503 and head.headers["retry-after"] == "9"

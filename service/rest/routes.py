@@ -109,6 +109,9 @@ def create_routers(pipeline: GuardedPipeline, settings: Settings) -> list[APIRou
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    # HEAD for probes that only look at the status (undocumented twins of the GETs).
+    ops.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+
     @ops.get(
         "/readyz",
         summary="Readiness: models loaded, Ollama reachable, guard model present",
@@ -117,6 +120,8 @@ def create_routers(pipeline: GuardedPipeline, settings: Settings) -> list[APIRou
     )
     async def readyz(request: Request) -> JSONResponse:
         return await _readiness(request, pipeline, settings)
+
+    ops.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
 
     @ops.get(
         "/metrics",
@@ -198,6 +203,8 @@ async def _readiness(
         503,
         "not-ready",
         f"failing checks: {', '.join(failing)}",
+        # Probes and load balancers retry; say when it is worth it.
+        headers={"Retry-After": str(settings.guard_retry_after)},
         ready=False,
         checks=checks,
     )
