@@ -447,3 +447,33 @@ async def test_a_client_that_goes_away_mid_body_gets_a_refusal_not_a_500(
     }  # fmt: skip
     await app(scope, receive, send)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == status
+
+
+# --- 10. the card's security schemes; 11. ListTasks status filters -------------------------
+
+
+def test_the_sdk_still_merges_both_scheme_forms_into_one_card_entry() -> None:
+    from a2a.server.request_handlers.response_helpers import agent_card_to_dict
+
+    from service.a2a.sdk_compat import SCHEME_KINDS, card_view
+
+    card = public_card(Settings(_env_file=None, api_tokens="t"), "1")
+    merged = agent_card_to_dict(card)["securitySchemes"]["bearer"]
+    assert "httpAuthSecurityScheme" in merged and merged["type"] == "http"  # what we split
+    assert list(card_view(card, v1=True)["securitySchemes"]["bearer"]) == ["httpAuthSecurityScheme"]
+    assert not set(card_view(card, v1=False)["securitySchemes"]["bearer"]) & SCHEME_KINDS
+
+
+def test_the_sdk_still_drops_an_unknown_status_name_and_keeps_an_unknown_number() -> None:
+    from a2a.types import ListTasksRequest
+    from google.protobuf.json_format import ParseDict
+
+    from service.a2a.sdk_compat import list_tasks_refusal
+
+    dropped = ParseDict(
+        {"status": "TASK_STATE_BOGUS"}, ListTasksRequest(), ignore_unknown_fields=True
+    )
+    assert dropped.status == TaskState.TASK_STATE_UNSPECIFIED  # an unfiltered list
+    assert ParseDict({"status": 99}, ListTasksRequest(), ignore_unknown_fields=True).status == 99
+    assert list_tasks_refusal(["TASK_STATE_BOGUS"]) and list_tasks_refusal([99])
+    assert list_tasks_refusal(["TASK_STATE_COMPLETED", 3, "3"]) is None

@@ -8,6 +8,9 @@ Routes (URLs in the card follow PUBLIC_URL):
 - ``/a2a/rest/...``                      HTTP+JSON 1.0 (``/message:send``, ``/tasks/{id}``,
   ``/tasks``, ``/extendedAgentCard``) and 0.3 (``/v1/message:send``, ``/v1/card``, ...;
   see :mod:`service.a2a.sdk_compat`)
+- the same HTTP+JSON routes at the origin (``/message:send``, ``/tasks/{id}``,
+  ``/v1/message:send``, ``/v1/card``, ...), for clients that derive them from the agent's
+  URL; the card names only ``/a2a/rest``, and the origin copies stay out of /openapi.json
 
 One request handler serves them all, with the task store from TASK_STORE_URL; the executor
 reaches the models and the guard only through the pipeline the composition root hands in.
@@ -22,11 +25,7 @@ from typing import Any
 
 from a2a.server.context import ServerCallContext
 from a2a.server.request_handlers import DefaultRequestHandler
-from a2a.server.routes import (
-    add_a2a_routes_to_fastapi,
-    create_agent_card_routes,
-    create_jsonrpc_routes,
-)
+from a2a.server.routes import add_a2a_routes_to_fastapi, create_jsonrpc_routes
 from a2a.types import AgentCard, Task
 from fastapi import FastAPI
 from starlette.routing import BaseRoute, Route
@@ -38,6 +37,7 @@ from service.a2a.openapi import document_a2a
 from service.a2a.sdk_compat import (
     GuardedRequestHandler,
     JobContextBuilder,
+    card_routes,
     checked_jsonrpc_route,
     create_rest_v03_routes,
     rest_routes,
@@ -104,10 +104,13 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
     rest += rest_routes(handler, path_prefix=REST_PATH)
     add_a2a_routes_to_fastapi(
         app,
-        agent_card_routes=create_agent_card_routes(card, card_url=CARD_PATH),
+        agent_card_routes=card_routes(card, card_url=CARD_PATH),
         jsonrpc_routes=[jsonrpc, root],
         rest_routes=rest,
     )
+    # The HTTP+JSON routes at the origin too, as JSON-RPC is at "/" (not in /openapi.json:
+    # the card and the document name the canonical /a2a/rest ones).
+    app.router.routes.extend(origin_rest_routes(handler))
     document_a2a(app)  # /openapi.json: the A2A operations as they answer
     _wrap_lifespan(app, storage, handler)
     if settings.port == 0 and not settings.public_url:
@@ -115,6 +118,24 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
             "PUBLIC_URL is not set and PORT is 0: the agent card's URLs name port 0; "
             "set PUBLIC_URL (or a fixed PORT) for a card clients can follow"
         )
+
+
+# The REST API's own paths below /v1; no A2A origin route may take one of them.
+REST_API_PATHS = ("/v1/classify", "/v1/models", "/v1/moderate", "/v1/moderations",
+                  "/v1/chat/completions")  # fmt: skip
+
+
+def origin_rest_routes(handler: DefaultRequestHandler) -> list[BaseRoute]:
+    """The 0.3 and 1.0 HTTP+JSON routes at the origin, out of the OpenAPI document."""
+    routes: list[BaseRoute] = []
+    for route in [*create_rest_v03_routes(handler, path_prefix=""), *rest_routes(handler, "")]:
+        if not isinstance(route, Route):
+            raise TypeError(f"a2a-sdk gave a {type(route).__name__} for an HTTP+JSON route")
+        if route.path.startswith(REST_API_PATHS):
+            raise RuntimeError(f"the A2A route {route.path} would shadow the REST API")
+        methods = sorted(route.methods or ("GET",))
+        routes.append(Route(route.path, route.endpoint, methods=methods, include_in_schema=False))
+    return routes
 
 
 def _serve(extended: AgentCard) -> Callable[[AgentCard, ServerCallContext], Any]:

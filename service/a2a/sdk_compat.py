@@ -67,6 +67,19 @@ minor release so that such a change is an explicit upgrade.
    naming the 1.0 method; under a version this agent does not speak at all, ``-32009``, as
    the SDK answers a 1.0 method then (:func:`checked_jsonrpc_route`). A 1.0 method name
    without the header stays the SDK's answer (``-32009``: 0.3 is assumed, as the spec says).
+10. The agent card's security schemes. The SDK serves one card for both protocol versions and
+    merges its 0.3 conversion into the 1.0 JSON, so each ``securitySchemes`` entry holds both
+    forms in one object (``{"httpAuthSecurityScheme": {...}, "type": "http", "scheme": ...}``),
+    which is no valid 1.0 ``SecurityScheme`` (exactly one scheme kind). :func:`card_routes`
+    serves the SDK's card dict (``agent_card_to_dict``) with each entry in one form: the 1.0
+    form for a request with ``A2A-Version: 1.x`` (what a 1.0 client, a2a-sdk's included,
+    sends), else the 0.3 form, which a2a-sdk 1.x's card parser maps to the 1.0 one.
+    ``ETag`` and ``If-None-Match`` as the SDK's route, per view (``Vary: A2A-Version``).
+11. ``ListTasks`` status filters. The SDK parses JSON-RPC params and HTTP+JSON query
+    parameters with protobuf's ``ParseDict`` ignoring unknown fields, which also drops an
+    unknown enum name, and keeps an unknown enum number: ``status=TASK_STATE_BOGUS`` listed
+    every task, ``status=99`` none. Both are refused naming the known states (JSON-RPC
+    ``-32602``: :func:`jsonrpc_refusal`; HTTP+JSON 400: :func:`rest_routes`).
 """
 
 from __future__ import annotations
@@ -75,6 +88,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -96,12 +110,13 @@ from a2a.server.context import ServerCallContext
 from a2a.server.jsonrpc_models import JSONParseError as JSONRPCParseError
 from a2a.server.owner_resolver import resolve_user_scope
 from a2a.server.request_handlers import DefaultRequestHandler, RequestHandler
-from a2a.server.request_handlers.response_helpers import build_error_response
+from a2a.server.request_handlers.response_helpers import agent_card_to_dict, build_error_response
 from a2a.server.routes.common import DefaultServerCallContextBuilder, create_event_source_response
 from a2a.server.tasks import DatabaseTaskStore, TaskStore
 from a2a.types import (
     AgentCard,
     Artifact,
+    SecurityScheme,
     SendMessageRequest,
     SubscribeToTaskRequest,
     Task,
@@ -123,6 +138,7 @@ from a2a.utils.errors import (
     VersionNotSupportedError,
 )
 from a2a.utils.version_validator import validate_version
+from google.protobuf.json_format import MessageToDict
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import delete, or_, select
 from sse_starlette.event import ServerSentEvent
@@ -142,6 +158,8 @@ __all__ = [
     "delete_rows",
     "rows_updated_before",
     "card_of",
+    "card_routes",
+    "list_tasks_refusal",
     "checked_jsonrpc_route",
     "create_rest_v03_routes",
     "job_of",
@@ -229,14 +247,119 @@ def job_of(context: RequestContext) -> Any:
 
 def rest_routes(handler: RequestHandler, path_prefix: str) -> list[BaseRoute]:
     """The SDK's 1.0 HTTP+JSON routes at ``path_prefix``, without the ``/{tenant}`` mount,
-    their bodies checked first (item 8)."""
-    return _with_checked_bodies(
-        [
-            route
-            for route in a2a.server.routes.create_rest_routes(handler, path_prefix=path_prefix)
-            if not isinstance(route, Mount)
-        ]
-    )
+    their bodies checked first (item 8) and ListTasks' status filter too (item 11)."""
+    return [
+        Route(route.path, endpoint=_checked_list(route.endpoint), methods=sorted(route.methods))
+        if isinstance(route, Route)
+        and route.path == f"{path_prefix}/tasks"
+        and route.methods
+        and "GET" in route.methods
+        else route
+        for route in _with_checked_bodies(
+            [
+                route
+                for route in a2a.server.routes.create_rest_routes(handler, path_prefix=path_prefix)
+                if not isinstance(route, Mount)
+            ]
+        )
+    ]
+
+
+def _checked_list(endpoint: Endpoint) -> Endpoint:
+    async def checked(request: Request) -> Response:
+        if speaks_1_0(request.headers.get(VERSION_HEADER)):
+            refusal = list_tasks_refusal(request.query_params.getlist("status"))
+            if refusal is not None:
+                return rest_error(refusal)
+        return await endpoint(request)
+
+    return _named_like(checked, endpoint)
+
+
+# --- 10. the agent card's security schemes, one form per entry ---------------------------
+
+# The JSON names of the 1.0 scheme kinds (the SecurityScheme oneof).
+SCHEME_KINDS = frozenset(
+    field.json_name for field in SecurityScheme.DESCRIPTOR.oneofs_by_name["scheme"].fields
+)
+
+
+def card_routes(card: AgentCard, card_url: str) -> list[BaseRoute]:
+    """The SDK's agent card route, each security scheme in the caller's protocol's form."""
+    [sdk] = a2a.server.routes.create_agent_card_routes(card, card_url=card_url)
+    if not isinstance(sdk, Route):
+        raise TypeError(f"a2a-sdk gave a {type(sdk).__name__} for the agent card")
+    views = {v1: card_view(card, v1=v1) for v1 in (True, False)}
+    etags = {v1: _weak_etag(view) for v1, view in views.items()}
+
+    async def get_card(request: Request) -> Response:
+        v1 = speaks_1_0(request.headers.get(VERSION_HEADER))
+        headers = {"ETag": etags[v1], "Vary": VERSION_HEADER}
+        if _matches(request.headers.get("if-none-match"), etags[v1]):
+            return Response(status_code=304, headers=headers)
+        return JSONResponse(views[v1], headers=headers)
+
+    return [Route(sdk.path, endpoint=_named_like(get_card, sdk.endpoint), methods=["GET"])]
+
+
+def card_view(card: AgentCard, *, v1: bool) -> dict[str, Any]:
+    """The SDK's card JSON (1.0 plus the 0.3 fields) with each ``securitySchemes`` entry in
+    one form: the 1.0 one (one scheme kind) when ``v1``, else the 0.3 one (``type``, ...)."""
+    view = agent_card_to_dict(card)
+    proto = MessageToDict(card).get("securitySchemes", {})
+    schemes = view.get("securitySchemes")
+    if not isinstance(schemes, dict):
+        return view
+    for name, entry in schemes.items():
+        legacy = {key: value for key, value in entry.items() if key not in SCHEME_KINDS}
+        schemes[name] = proto.get(name, entry) if v1 or not legacy else legacy
+    return view
+
+
+def _weak_etag(view: dict[str, Any]) -> str:
+    unsigned = {key: value for key, value in view.items() if key != "signatures"}
+    body = json.dumps(unsigned, sort_keys=True, separators=(",", ":"))
+    return f'W/"{hashlib.sha256(body.encode()).hexdigest()}"'
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    tags = [tag.strip().removeprefix("W/") for tag in (header or "").split(",") if tag.strip()]
+    return "*" in tags or etag.removeprefix("W/") in tags
+
+
+def speaks_1_0(version: str | None) -> bool:
+    """Whether an ``A2A-Version`` header value asks for protocol 1.x."""
+    try:
+        return bool(version) and Version(version or "").major == Version(PROTOCOL_VERSION_1_0).major
+    except InvalidVersion:
+        return False
+
+
+# --- 11. ListTasks status filters ----------------------------------------------------------
+
+STATE_NAMES = tuple(TaskState.keys())
+KNOWN_STATES = ", ".join(STATE_NAMES)
+
+
+def list_tasks_refusal(statuses: Sequence[Any]) -> InvalidParamsError | None:
+    """InvalidParamsError for a ListTasks status filter that names no TaskState (a name or
+    its number, as protobuf's JSON takes an enum), else None."""
+    for status in statuses:
+        if isinstance(status, str) and status.strip().lstrip("-").isdecimal():
+            status = int(status)
+        known = (
+            status in STATE_NAMES
+            if isinstance(status, str)
+            else isinstance(status, int)
+            and not isinstance(status, bool)
+            and status in TaskState.values()
+        )
+        if not known:
+            return InvalidParamsError(
+                message=f"status {status!r} is no task state; the states are {KNOWN_STATES}",
+                data={"errors": [{"field": "status", "message": f"one of {KNOWN_STATES}"}]},
+            )
+    return None
 
 
 # --- 5. the client's card ---------------------------------------------------------------
@@ -712,7 +835,8 @@ def checked_jsonrpc_route(route: Route, path: str | None = None) -> Route:
         refusal = jsonrpc_refusal(payload, request.headers.get(VERSION_HEADER))
         if refusal is not None:
             request_id, error = refusal
-            return _jsonrpc_error(request_id, error, v03=isinstance(error, InvalidParamsError))
+            v03 = isinstance(error, InvalidParamsError) and payload.get("method") in V03_METHODS
+            return _jsonrpc_error(request_id, error, v03=v03)
         response: Response = await endpoint(request)
         return response
 
@@ -735,10 +859,15 @@ def jsonrpc_refusal(payload: Any, version: str | None) -> tuple[str | int | None
     if not isinstance(payload, dict) or payload.get("jsonrpc") != "2.0":
         return None
     method, request_id = payload.get("method"), payload.get("id")
-    if not isinstance(method, str) or method not in V03_METHODS:
-        return None
     if isinstance(request_id, bool) or not isinstance(request_id, str | int | None):
         return None  # the SDK answers an invalid id (-32600)
+    params = payload.get("params")
+    if method == "ListTasks" and speaks_1_0(version) and isinstance(params, dict):
+        status = params.get("status")
+        refusal = None if status is None else list_tasks_refusal([status])
+        return None if refusal is None else (request_id, refusal)  # item 11
+    if not isinstance(method, str) or method not in V03_METHODS:
+        return None
     if not version:
         return _int32_refusal(request_id, payload.get("params"))
     try:
