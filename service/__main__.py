@@ -1,4 +1,5 @@
-"""Command line: ``python -m service {serve,train,quantize,evaluate,guard-check}``."""
+"""Command line: ``gis`` (or ``python -m service``) ``{serve,train,quantize,evaluate,guard-check,
+config,ask}``."""
 
 from __future__ import annotations
 
@@ -78,8 +79,25 @@ def cmd_guard_check(args: argparse.Namespace) -> int:
     return asyncio.run(guard_check(args.text, get_settings()))
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the settings in effect (environment, .env, defaults), secrets masked."""
+    from service.config import Settings, settings_report
+
+    report = settings_report(Settings())
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, value in report.items():
+            print(f"{name}={value}")
+    return 0
+
+
+def _prog() -> str:
+    return "gis" if Path(sys.argv[0]).name == "gis" else "python -m service"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     from service.server import add_serve_arguments, run_serve
@@ -112,7 +130,23 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("guard-check", help="ask the guard about one text")
     check.add_argument("text")
 
+    config = commands.add_parser(
+        "config", help="print the settings in effect (every variable of docs/configuration.md)"
+    )
+    config.add_argument("--json", action="store_true", help="one JSON object")
+
+    ask = commands.add_parser(
+        "ask", help="ask an A2A agent one question (the options of python -m agents ask)"
+    )
+    ask.add_argument("rest", nargs=argparse.REMAINDER, help="URL TEXT [options]")
+
     args = parser.parse_args(argv)
+    if args.command == "config":
+        return cmd_config(args)
+    if args.command == "ask":
+        from agents.__main__ import main as agents_main
+
+        return agents_main(["ask", *args.rest])
     if args.command == "serve":
         return run_serve(args)
     if args.command == "train":
@@ -136,5 +170,10 @@ def _clear_errors(command, args: argparse.Namespace) -> int:
         return 2
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``gis`` command."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

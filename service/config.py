@@ -201,6 +201,36 @@ class Settings(BaseSettings):
         return f"{scheme}://{host}:{self.port}"
 
 
+SECRET_FIELDS = frozenset({"api_tokens"})
+
+
+def settings_report(settings: Settings) -> dict[str, str]:
+    """Every setting as its environment variable and value, secrets masked: API tokens show
+    only their callers' names, URLs hide their passwords."""
+    report: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if name == "api_tokens":
+            shown = ",".join(
+                (entry.partition(":")[0] + ":***") if ":" in entry else "***" for entry in value
+            )
+        elif isinstance(value, list):
+            shown = ",".join(str(item) for item in value)
+        elif isinstance(value, bool):
+            shown = str(value).lower()
+        elif value is None:
+            shown = ""
+        else:
+            shown = str(value)
+        if name == "task_store_url" and shown and "@" in shown and "://" in shown:
+            scheme, rest = shown.split("://", 1)
+            credentials, _, host = rest.rpartition("@")
+            user = credentials.split(":", 1)[0]
+            shown = f"{scheme}://{user}:***@{host}" if ":" in credentials else shown
+        report[name.upper()] = shown
+    return report
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
