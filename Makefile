@@ -57,7 +57,7 @@ bench-models: $(STAMP)
 	$(PY) benchmarks/models_bench.py --out benchmarks/results/models.md
 
 bench-chat: $(STAMP)
-	$(PY) benchmarks/chat_bench.py --out benchmarks/results/chat.md
+	$(PY) -m benchmarks.chat_bench --out benchmarks/results/chat.md
 
 bench-http: $(STAMP)
 	@command -v h2load >/dev/null || { echo "bench-http needs h2load: apt-get install nghttp2-client"; exit 1; }

@@ -1,7 +1,9 @@
 """Guarded chat benchmark (``make bench-chat``): what the hold-back costs a streamed reply.
 
-    python benchmarks/chat_bench.py [--runs 5] [--tokens 120] [--token-ms 20] [--guard-ms 30]
-                                    [--chunks 8,24,48] [--out benchmarks/results/chat.md]
+    python -m benchmarks.chat_bench [--runs 5] [--tokens 120] [--token-ms 20] [--guard-ms 30]
+                                      [--chunks 8,24,48] [--out benchmarks/results/chat.md]
+
+(run from the checkout: the Ollama double it drives lives under tests/)
 
 The Ollama test double (tests/ollama_double.py) generates a reply of ``--tokens`` tokens at a
 fixed rate (``--token-ms`` between tokens) and answers every guard screen after
@@ -28,17 +30,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from a checkout: import the service from it
-    sys.path.insert(0, str(REPO))
+from service.chat.model import ChatModel
+from service.chat.types import ChatDelta, ChatEnd, ChatMessage
+from service.config import Settings
+from service.core.pipeline import GuardedPipeline
+from service.guard.llama_guard import LlamaGuard
+from service.models.registry import ModelRegistry
+from tests.ollama_double import OllamaDouble
 
-from service.chat.model import ChatModel  # noqa: E402
-from service.chat.types import ChatDelta, ChatEnd, ChatMessage  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.core.pipeline import GuardedPipeline  # noqa: E402
-from service.guard.llama_guard import LlamaGuard  # noqa: E402
-from service.models.registry import ModelRegistry  # noqa: E402
-from tests.ollama_double import OllamaDouble  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 ASK = [ChatMessage("user", "Tell me how to bake bread.")]
 
@@ -143,7 +143,7 @@ def render(args: argparse.Namespace, rows: list[dict[str, float]]) -> str:
     lines = [
         "# Guarded chat: the hold-back's cost",
         "",
-        f"Command: `python benchmarks/chat_bench.py --runs {args.runs} --tokens {args.tokens} "
+        f"Command: `python -m benchmarks.chat_bench --runs {args.runs} --tokens {args.tokens} "
         f"--token-ms {args.token_ms:g} --guard-ms {args.guard_ms:g} "
         f"--chunks {','.join(map(str, args.chunks))}`",
         "",

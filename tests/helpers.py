@@ -244,3 +244,13 @@ class SpyRegistry:
             return self.inner.predict(name, texts)
         finally:
             self.finished.set()
+
+
+def task_aged(task_id: str, state: int, age: float) -> Any:
+    """An A2A task in ``state`` whose status last changed ``age`` seconds ago."""
+    from a2a.types import Task, TaskStatus
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int((time.time() - age) * 1e9))
+    return Task(id=task_id, context_id="c", status=TaskStatus(state=state, timestamp=stamp))

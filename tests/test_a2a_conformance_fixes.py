@@ -16,7 +16,7 @@ from a2a.client.card_resolver import parse_agent_card
 from a2a.compat.v0_3 import types as v03
 from a2a.types import AgentCard, Message, Part, Role, SendMessageRequest, TaskState
 
-from service.a2a.sdk_compat import SCHEME_KINDS
+from service.a2a.sdk_compat import SCHEME_KINDS, card_of
 from tests.helpers import ServerProcess, h2_client, running_server
 from tests.ollama_double import OllamaDouble
 
@@ -97,7 +97,7 @@ async def test_sdk_client_reads_the_card_and_authenticates(
         client = await factory.create_from_url(server.base_url)
         if version == "0.3":
             card = AgentCard()
-            card.CopyFrom(client._card)  # noqa: SLF001 - the card it resolved
+            card.CopyFrom(card_of(client))  # the card it resolved
             kept = [i for i in card.supported_interfaces if i.protocol_version == "0.3"]
             del card.supported_interfaces[:]
             card.supported_interfaces.extend(kept)

@@ -75,7 +75,8 @@ class _RecordingExecutor(AgentExecutor):
         await TaskUpdater(event_queue, context.task_id, context.context_id or "").complete()
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-        raise NotImplementedError
+        assert context.task_id
+        await TaskUpdater(event_queue, context.task_id, context.context_id or "").cancel()
 
 
 def _message(text: str) -> Message:

@@ -3,7 +3,6 @@ forms; the in-memory default."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from a2a.types import ListTasksRequest, Message, Part, Task, TaskState, TaskStat
 from google.protobuf.json_format import MessageToDict
 
 from service.a2a.store import BoundedInMemoryTaskStore, create_task_storage, database_url
-from tests.helpers import running_server
+from tests.helpers import running_server, task_aged
 from tests.ollama_double import OllamaDouble
 
 GOOD = "One of the best films I have ever seen: a moving, beautifully acted masterpiece."
@@ -173,17 +172,12 @@ async def test_memory_store_is_bounded_by_bytes_too() -> None:
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 async def test_waiting_conversations_end_after_the_idle_timeout(kind: str, tmp_path: Path) -> None:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
     url = None if kind == "memory" else f"sqlite+aiosqlite:///{tmp_path}/idle.db"
     storage = create_task_storage(url, idle_after=60, sweep_interval=3600)
     await storage.start()
     context = ServerCallContext()
 
-    def task(task_id: str, state: int, age: float) -> Task:
-        stamp = Timestamp()
-        stamp.FromNanoseconds(int((time.time() - age) * 1e9))
-        return Task(id=task_id, context_id="c", status=TaskStatus(state=state, timestamp=stamp))
+    task = task_aged
 
     try:
         waiting = TaskState.TASK_STATE_INPUT_REQUIRED

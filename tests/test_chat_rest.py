@@ -22,8 +22,8 @@ from service.rest.openai import (
     LLAMA_GUARD_TO_OPENAI,
     MODERATIONS,
     OPENAI_CATEGORIES,
+    OPENAI_COMPATIBLE_PATHS,
 )
-from service.web.problems import OPENAI_COMPATIBLE_PATHS
 from tests.helpers import ServerProcess, curl, h2_client, running_server
 from tests.ollama_double import OllamaDouble
 

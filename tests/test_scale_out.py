@@ -14,7 +14,6 @@ import json
 import multiprocessing
 import os
 import signal
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -28,7 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.helpers import ServerProcess, h2_client, running_server, start_server
+from tests.helpers import ServerProcess, h2_client, running_server, start_server, task_aged
 from tests.ollama_double import OllamaDouble
 
 A2A_HEADERS = {"A2A-Version": "1.0"}
@@ -402,8 +401,7 @@ async def test_a_task_its_replica_left_running_ends_failed_and_its_subscriber_is
 
 async def test_the_sweep_ends_interrupted_tasks_and_deletes_expired_ones(tmp_path: Path) -> None:
     from a2a.server.context import ServerCallContext
-    from a2a.types import Task, TaskState, TaskStatus
-    from google.protobuf.timestamp_pb2 import Timestamp
+    from a2a.types import TaskState
 
     from service.a2a.store import create_task_storage
 
@@ -413,10 +411,7 @@ async def test_the_sweep_ends_interrupted_tasks_and_deletes_expired_ones(tmp_pat
     await storage.start()
     context = ServerCallContext()
 
-    def task(task_id: str, state: int, age: float) -> Task:
-        stamp = Timestamp()
-        stamp.FromNanoseconds(int((time.time() - age) * 1e9))
-        return Task(id=task_id, context_id="c", status=TaskStatus(state=state, timestamp=stamp))
+    task = task_aged
 
     try:
         S = TaskState

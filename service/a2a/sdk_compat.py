@@ -140,7 +140,7 @@ from a2a.utils.errors import (
 from a2a.utils.version_validator import validate_version
 from google.protobuf.json_format import MessageToDict
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, select
 from sse_starlette.event import ServerSentEvent
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -418,7 +418,7 @@ async def delete_rows(store: DatabaseTaskStore, task_ids: list[str]) -> int:
         return 0
     model = store.task_model
     async with store.async_session_maker.begin() as session:
-        result = await session.execute(delete(model).where(or_(model.id.in_(task_ids))))
+        result = await session.execute(delete(model).where(model.id.in_(task_ids)))
     return int(getattr(result, "rowcount", 0) or 0)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from a2a.auth.user import User
 from a2a.server.context import ServerCallContext
 from a2a.server.tasks import DatabaseTaskStore, InMemoryTaskStore, TaskStore
-from a2a.types import Message, Role, Task, TaskState, TaskStatus
+from a2a.types import Message, Part, Role, Task, TaskState, TaskStatus
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -234,46 +234,46 @@ class TaskStorage:
             await self.engine.dispose()
 
 
-async def end_idle(
-    store: TaskStore, task: Task, context: ServerCallContext, seconds: float
+async def _end(
+    store: TaskStore,
+    task: Task,
+    context: ServerCallContext,
+    state: TaskState,
+    parts: list[Part],
 ) -> None:
-    """End a conversation that waited too long for its caller: canceled, with the reason."""
+    """Store ``task`` in the terminal ``state``, its status message made of ``parts``."""
     task.status.CopyFrom(
         TaskStatus(
-            state=TaskState.TASK_STATE_CANCELED,
+            state=state,
             timestamp=now(),
             message=Message(
                 role=Role.ROLE_AGENT,
                 message_id=str(uuid.uuid4()),
                 task_id=task.id,
                 context_id=task.context_id,
-                parts=[
-                    text_part(f"ended: no message from the caller for {seconds:g} s"),
-                    data_part({"reason": "conversation-idle", "idle_after_s": seconds}),
-                ],
+                parts=parts,
             ),
         )
     )
     await store.save(task, context)
+
+
+async def end_idle(
+    store: TaskStore, task: Task, context: ServerCallContext, seconds: float
+) -> None:
+    """End a conversation that waited too long for its caller: canceled, with the reason."""
+    parts = [
+        text_part(f"ended: no message from the caller for {seconds:g} s"),
+        data_part({"reason": "conversation-idle", "idle_after_s": seconds}),
+    ]
+    await _end(store, task, context, TaskState.TASK_STATE_CANCELED, parts)
     logger.info("conversation ended idle", extra={"task_id": task.id})
 
 
 async def interrupt(store: TaskStore, task: Task, context: ServerCallContext) -> Task:
     """End a task its process left running: failed, with the reason."""
-    task.status.CopyFrom(
-        TaskStatus(
-            state=TaskState.TASK_STATE_FAILED,
-            timestamp=now(),
-            message=Message(
-                role=Role.ROLE_AGENT,
-                message_id=str(uuid.uuid4()),
-                task_id=task.id,
-                context_id=task.context_id,
-                parts=failure_parts(TaskInterrupted()),
-            ),
-        )
-    )
-    await store.save(task, context)
+    parts = failure_parts(TaskInterrupted())
+    await _end(store, task, context, TaskState.TASK_STATE_FAILED, parts)
     logger.warning("task interrupted", extra={"task_id": task.id})
     return task
 

@@ -8,7 +8,7 @@ problem before any stream starts, an unsafe chunk of a reply ends it with
 ``finish_reason: "content_filter"``, and a guard or model failure mid-stream ends the stream
 with an OpenAI error event (``data: {"error": {...}}``, no ``[DONE]``), which OpenAI's
 clients raise as an ``APIError``. Problem documents of these paths also carry OpenAI's
-``error`` member (:func:`service.web.problems.openai_error`). See docs/chat.md.
+``error`` member (:func:`openai_error`). See docs/chat.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -34,12 +34,15 @@ from service.core.pipeline import GuardedPipeline
 from service.guard.scanner import Message, ScanResult
 from service.models.registry import UnknownModelError
 from service.rest.schemas import CategoryOut, Problem
-from service.web.problems import openai_error
+from service.web.problems import add_problem_member
 
 logger = logging.getLogger("service.rest.openai")
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
-MODERATIONS = "/v1/moderations"  # both in OPENAI_COMPATIBLE_PATHS (tests check it)
+MODERATIONS = "/v1/moderations"
+# Their problem documents also carry OpenAI's "error" member, which OpenAI's clients read for
+# the message and the body of the error they raise (RFC 9457 allows extension members).
+OPENAI_COMPATIBLE_PATHS = frozenset({CHAT_COMPLETIONS, MODERATIONS})
 
 SSE = "text/event-stream"
 # One server-sent event of a streamed reply: its data is a chat.completion.chunk (JSON), an
@@ -389,6 +392,36 @@ def _card_created(card: dict[str, Any]) -> int:
     return int(day.timestamp())
 
 
+def openai_error(
+    status: int, code: str | None, message: str, extensions: Mapping[str, Any]
+) -> dict[str, Any]:
+    """OpenAI's error object for a problem: ``message``, ``type`` (from the status),
+    ``code`` (the problem type's slug), ``param`` (the first invalid field), and the
+    problem's extension members again (OpenAI's clients expose only this object as the
+    error's body), except the ``errors`` list, whose first entry is summed up instead."""
+    fallback = "server_error" if status >= 500 else "invalid_request_error"
+    error: dict[str, Any] = {
+        "message": message,
+        "type": _OPENAI_TYPES.get(status, fallback),
+        "code": code,
+        "param": None,
+    }
+    errors = extensions.get("errors")
+    if errors:
+        first = errors[0]
+        error["param"] = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        if first.get("msg") and first["msg"] not in message:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            error["message"] = f"{message}: {error['param']}: {first['msg']}{more}"
+    for key, value in extensions.items():
+        if key != "errors" and key not in error:
+            error[key] = value
+    return error
+
+
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
@@ -463,6 +496,8 @@ async def _chunks(
 def create_openai_router(pipeline: GuardedPipeline, settings: Settings) -> APIRouter:
     """The OpenAI-compatible routes, over ``pipeline``."""
     router = APIRouter(tags=["openai"])
+    for path in OPENAI_COMPATIBLE_PATHS:
+        add_problem_member(path, "error", openai_error)
 
     @router.post(
         CHAT_COMPLETIONS,

@@ -62,7 +62,7 @@ class RequestContextMiddleware:
         token = set_request_id(request_id)
         # Who is asking, for the guard's per-caller share: the client's address here; the
         # auth middleware further in names a token's caller instead.
-        caller_token = caller.set(_client(scope).rsplit(":", 1)[0])
+        caller_token = caller.set((scope.get("client") or ("",))[0])
         started = time.perf_counter()
         status = 0
         response_started = False

@@ -10,7 +10,7 @@ phrase as title, as the RFC recommends.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -29,40 +29,17 @@ logger = logging.getLogger("service.web")
 
 PROBLEM_JSON = "application/problem+json"
 
-# The OpenAI-compatible routes (service/rest/openai.py): their problem documents also carry
-# OpenAI's "error" member, which OpenAI's clients read for the message and the body of the
-# error they raise (RFC 9457 allows extension members).
-OPENAI_COMPATIBLE_PATHS = frozenset({"/v1/chat/completions", "/v1/moderations"})
+# Members a front end adds to the problem documents of some of its paths, whoever renders
+# them (a route, the auth middleware, the body limit): path -> (member name, builder). The
+# OpenAI-compatible routes add OpenAI's "error" object (service/rest/openai.py).
+ProblemMember = Callable[[int, str | None, str, Mapping[str, Any]], dict[str, Any]]
+_PATH_MEMBERS: dict[str, tuple[str, ProblemMember]] = {}
 
 
-def openai_error(
-    status: int, code: str | None, message: str, extensions: Mapping[str, Any]
-) -> dict[str, Any]:
-    """OpenAI's error object for a problem: ``message``, ``type`` (from the status),
-    ``code`` (the problem type's slug), ``param`` (the first invalid field), and the
-    problem's extension members again (OpenAI's clients expose only this object as the
-    error's body), except the ``errors`` list, whose first entry is summed up instead."""
-    fallback = "server_error" if status >= 500 else "invalid_request_error"
-    error: dict[str, Any] = {
-        "message": message,
-        "type": _OPENAI_TYPES.get(status, fallback),
-        "code": code,
-        "param": None,
-    }
-    errors = extensions.get("errors")
-    if errors:
-        first = errors[0]
-        error["param"] = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-        if first.get("msg") and first["msg"] not in message:
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            error["message"] = f"{message}: {error['param']}: {first['msg']}{more}"
-    for key, value in extensions.items():
-        if key != "errors" and key not in error:
-            error[key] = value
-    return error
-
-
-_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+def add_problem_member(path: str, name: str, build: ProblemMember) -> None:
+    """Give every problem document answered at ``path`` the member ``name``, built from the
+    status, the problem type's slug, the detail and the extensions."""
+    _PATH_MEMBERS[path] = (name, build)
 
 
 def problem_response(
@@ -93,8 +70,10 @@ def problem_response(
     if request_id:
         body["request_id"] = request_id
     body.update(extensions)
-    if body["instance"] in OPENAI_COMPATIBLE_PATHS:
-        body["error"] = openai_error(status, slug, detail, extensions)
+    member = _PATH_MEMBERS.get(body["instance"])
+    if member is not None:
+        name, build = member
+        body[name] = build(status, slug, detail, extensions)
     return JSONResponse(
         jsonable_encoder(body), status_code=status, headers=headers, media_type=PROBLEM_JSON
     )
