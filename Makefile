@@ -10,7 +10,7 @@ DATA ?= ../shared/data/aclImdb_labelled.tar.gz
 # batch-32 throughput 1,300 -> 2,200 reviews/s).
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824
 
-.PHONY: install run test test-fuzz lint format train bench bench-models bench-http bench-chat bench-quant guard-double clean
+.PHONY: install run test test-fuzz lint format train bench bench-models bench-http bench-chat bench-drift bench-guard bench-quant guard-double clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,fuzz]'
+	$(PY) -m pip install --quiet -e '.[dev,fuzz,drift]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -51,13 +51,22 @@ format: $(STAMP)
 train: $(STAMP)
 	$(PY) -m service train --data $(DATA)
 
-bench: bench-models bench-http bench-chat
+bench: bench-models bench-http bench-chat bench-drift bench-guard
 
 bench-models: $(STAMP)
 	$(PY) benchmarks/models_bench.py --out benchmarks/results/models.md
 
 bench-chat: $(STAMP)
 	$(PY) -m benchmarks.chat_bench --out benchmarks/results/chat.md
+
+# What the drift monitor adds to a classify request's CPU time (monitor on vs off).
+bench-drift: $(STAMP)
+	$(PY) -m benchmarks.drift_bench --out benchmarks/results/drift.md
+
+# One request's latency with a guard adding 30 ms per screen (the two screens overlap).
+# BENCH_COMPARE=<another checkout> measures that one too, in the same run.
+bench-guard: $(STAMP)
+	$(PY) -m benchmarks.guard_latency_bench --out benchmarks/results/guard_latency.md $(if $(BENCH_COMPARE),--compare $(BENCH_COMPARE))
 
 bench-http: $(STAMP)
 	@command -v h2load >/dev/null || { echo "bench-http needs h2load: apt-get install nghttp2-client"; exit 1; }

@@ -75,12 +75,16 @@ def _env(**extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _process(
-    args: list[str], env: dict[str, str], ready: re.Pattern[str], count: int = 1
+    args: list[str],
+    env: dict[str, str],
+    ready: re.Pattern[str],
+    count: int = 1,
+    cwd: Path = REPO,
 ) -> Iterator[str]:
-    """Start a process and wait for ``count`` lines (stdout or stderr) matching ``ready``;
-    yield the match's first group; SIGTERM it at the end."""
+    """Start a process (in ``cwd``) and wait for ``count`` lines (stdout or stderr) matching
+    ``ready``; yield the match's first group; SIGTERM it at the end."""
     proc = subprocess.Popen(
-        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
         assert proc.stdout is not None

@@ -1,5 +1,5 @@
 """Command line: ``gis`` (or ``python -m service``) ``{serve,train,quantize,evaluate,guard-check,
-config,ask}``."""
+config,ask,drift,drift-profile}``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
         cnn_epochs=args.cnn_epochs,
         moe_epochs=args.moe_epochs,
         command=command,
+        hyperbole_data=Path(args.hyperbole_data) if getattr(args, "hyperbole_data", None) else None,
+        hyperbole_epochs=getattr(args, "hyperbole_epochs", 12),
         log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     for card in cards:
@@ -56,12 +58,17 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from service.models.artifacts import PACKAGE_ARTIFACTS
-    from service.models.registry import ModelRegistry
+    from service.models.registry import LoadedModel, ModelRegistry
     from service.training.data import read_aclimdb
     from service.training.evaluate import evaluate_loaded, format_table
 
     root = Path(args.artifacts) if args.artifacts else PACKAGE_ARTIFACTS
     model = ModelRegistry.load([args.model], root=root).get(args.model)
+    if not isinstance(model, LoadedModel):
+        raise SystemExit(
+            f"{args.model} is an adapter or a cascade, not one aclImdb model: its test figures "
+            "are in its card, measured when it was built"
+        )
     test = [r for r in read_aclimdb(_data_path(args)) if r.split == "test"]
     if args.limit:
         # An even spread over negatives and positives (the test set is sorted by label).
@@ -92,6 +99,28 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift_profile(args: argparse.Namespace) -> int:
+    """(Re)build the drift reference profile of existing artifacts from their training texts."""
+    from service.drift.profile import rebuild_profiles
+    from service.models.artifacts import NAMES, PACKAGE_ARTIFACTS
+    from service.models.cascade import is_cascade
+
+    root = Path(args.artifacts) if args.artifacts else PACKAGE_ARTIFACTS
+    names = args.model or [
+        name for name in NAMES if (root / name).is_dir() and not is_cascade(root / name)
+    ]  # a cascade has no vocabulary or texts of its own: its members have profiles
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    rebuild_profiles(_data_path(args), root, names, score_sample=args.score_sample, log=log)
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    """The offline Evidently drift report (the ``drift`` extra)."""
+    from service.drift.report import run_report
+
+    return run_report(args)
+
+
 def _prog() -> str:
     return "gis" if Path(sys.argv[0]).name == "gis" else "python -m service"
 
@@ -106,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     add_serve_arguments(serve)
 
     for name, help_text in (
-        ("train", "train all models and write the four artifacts"),
+        ("train", "train all models and write their artifacts (six models, one adapter)"),
         ("quantize", "derive the int8 and int4 CNN artifacts from the fp32 one"),
     ):
         sub = commands.add_parser(name, help=help_text)
@@ -117,8 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--moe-epochs", type=int, default=3)
         if name == "train":
             sub.add_argument(
-                "--only", choices=("cnn", "moe"), help="train one model (cnn includes quantize)"
+                "--only",
+                choices=("cnn", "student", "moe", "hyperbole"),
+                help="train one model (cnn includes quantize; student, the distilled student "
+                "and the cascade, and hyperbole, the LoRA adapter, need the CNNs already built)",
             )
+            sub.add_argument(
+                "--hyperbole-data",
+                help="HYPO sentences (.jsonl.gz; default: hypo_hyperbole.jsonl.gz beside --data)",
+            )
+            sub.add_argument("--hyperbole-epochs", type=int, default=12)
 
     evaluate = commands.add_parser("evaluate", help="accuracy of one artifact on aclImdb/test")
     evaluate.add_argument("--model", required=True)
@@ -140,6 +177,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     ask.add_argument("rest", nargs=argparse.REMAINDER, help="URL TEXT [options]")
 
+    drift = commands.add_parser(
+        "drift", help="offline drift report (Evidently): current texts against a reference"
+    )
+    from service.drift.report import add_report_arguments
+
+    add_report_arguments(drift)
+    profile = commands.add_parser(
+        "drift-profile", help="(re)build the drift reference profile of existing artifacts"
+    )
+    _add_data_arguments(profile)
+    profile.add_argument("--model", action="append", help="artifact name (repeat; default all)")
+    profile.add_argument("--artifacts", help="artifacts folder (default: the package's own)")
+    profile.add_argument(
+        "--score-sample", type=int, default=5000, help="training texts the model scores"
+    )
+
     args = parser.parse_args(argv)
     if args.command == "config":
         return cmd_config(args)
@@ -150,12 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return run_serve(args)
     if args.command == "train":
-        stages = {"cnn": ("cnn", "quantize"), "moe": ("moe",), None: ("cnn", "quantize", "moe")}
+        stages = {
+            "cnn": ("cnn", "quantize"),
+            "student": ("student",),
+            "moe": ("moe",),
+            "hyperbole": ("hyperbole",),
+            None: ("cnn", "quantize", "student", "moe", "hyperbole"),
+        }
         return _clear_errors(lambda a: cmd_train(a, stages[a.only]), args)
     if args.command == "quantize":
         return _clear_errors(lambda a: cmd_train(a, ("quantize",)), args)
     if args.command == "evaluate":
         return _clear_errors(cmd_evaluate, args)
+    if args.command == "drift":
+        return _clear_errors(cmd_drift, args)
+    if args.command == "drift-profile":
+        return _clear_errors(cmd_drift_profile, args)
     return cmd_guard_check(args)
 
 

@@ -22,6 +22,7 @@ from service.a2a.mount import mount_a2a
 from service.chat.model import ChatModel
 from service.config import Settings, get_settings
 from service.core.pipeline import GuardedPipeline
+from service.drift.monitor import DriftMonitor
 from service.guard.llama_guard import LlamaGuard
 from service.guard.scanner import Scanner
 from service.rest.routes import create_routers
@@ -47,7 +48,12 @@ def load_registry(settings: Settings) -> ModelRegistry:
     from service.models.registry import ModelRegistry
 
     root = Path(settings.artifacts_dir) if settings.artifacts_dir else None
-    registry = ModelRegistry.load(names=settings.models or None, root=root)
+    registry = ModelRegistry.load(
+        names=settings.models or None,
+        root=root,
+        adapters_root=Path(settings.adapters_dir) if settings.adapters_dir else None,
+        merge=settings.adapters_merge,
+    )
     if settings.default_model not in registry.names():
         raise RuntimeError(
             f"DEFAULT_MODEL {settings.default_model!r} is not among the loaded models "
@@ -82,7 +88,8 @@ def create_app(
     owned_scanner = scanner is None
     the_scanner: Scanner = scanner if scanner is not None else LlamaGuard(settings)
     chat = ChatModel(settings) if settings.chat_model else None
-    pipeline = GuardedPipeline(models, the_scanner, settings, chat)
+    drift = DriftMonitor.for_registry(settings, models) if settings.drift_enabled else None
+    pipeline = GuardedPipeline(models, the_scanner, settings, chat, drift)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +98,8 @@ def create_app(
             # Pulling can take minutes; /readyz says "not ready" until the model is present.
             pull = asyncio.create_task(_pull_guard_model(the_scanner))
         await pipeline.warm_up()
+        # The drift checks run in this background task, never in a request's await chain.
+        checker = asyncio.create_task(drift.run()) if drift is not None else None
         logger.info(
             "started",
             extra={"models": models.names(), "default_model": settings.default_model},
@@ -100,6 +109,8 @@ def create_app(
         finally:
             if pull is not None and not pull.done():
                 pull.cancel()
+            if checker is not None:
+                checker.cancel()
             await pipeline.aclose()
             if owned_scanner:
                 await the_scanner.aclose()

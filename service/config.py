@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     # Models loaded at start; empty means every shipped artifact.
     models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     artifacts_dir: str | None = None
+    # LoRA adapter artifacts discovered at start (empty: the artifacts folder's adapters/).
+    adapters_dir: str | None = None
+    # Adapters served as a merged copy of their base: faster, one more copy of the base
+    # weights in memory each (11 MB for the fp32 CNN); the rest share the base in one batch.
+    adapters_merge: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Micro-batching: concurrent classify calls for one model share one forward pass of at
     # most this many texts (a single larger request still runs, alone).
     batch_max_texts: int = Field(64, ge=1)
@@ -120,6 +125,25 @@ class Settings(BaseSettings):
     # ended (canceled, reason conversation-idle); 0 lets conversations wait forever.
     chat_idle_timeout: float = Field(3600.0, ge=0)
 
+    # --- drift ---------------------------------------------------------------------------
+    # The online drift monitor (docs/drift.md): per model, a window of the descriptors of the
+    # texts it classified, tested off the request path against its reference profile.
+    drift_enabled: bool = True
+    # Texts in one model's window; past it the oldest are forgotten.
+    drift_window: int = Field(1000, ge=10, le=100_000)
+    # Texts a window must hold before it gets a verdict.
+    drift_min_window: int = Field(200, ge=1)
+    # The windows are tested once this many texts arrived since the last check, or
+    # DRIFT_CHECK_INTERVAL seconds after it, whichever comes first.
+    drift_check_every: int = Field(1000, ge=1)
+    drift_check_interval: float = Field(30.0, gt=0)
+    # A feature drifted when its statistic is at or above its threshold.
+    drift_length_threshold: float = Field(0.3, gt=0)
+    drift_words_threshold: float = Field(0.3, gt=0)
+    drift_oov_share_threshold: float = Field(0.5, gt=0)
+    drift_tokens_threshold: float = Field(0.05, gt=0)
+    drift_score_threshold: float = Field(0.5, gt=0)
+
     # --- A2A / auth -------------------------------------------------------------------
     public_url: str | None = None
     api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -142,8 +166,14 @@ class Settings(BaseSettings):
     a2a_cnn_model: str | None = None
     # Model behind the A2A skill "sentiment-moe".
     a2a_moe_model: str = "switch-moe"
+    # Model behind the A2A skill "hyperbole".
+    a2a_hyperbole_model: str = "hyperbole-lora"
+    # Model behind the A2A skill "sentiment-cascade".
+    a2a_cascade_model: str = "sentiment-cascade"
 
-    @field_validator("models", "api_tokens", "guard_block_categories", mode="before")
+    @field_validator(
+        "models", "adapters_merge", "api_tokens", "guard_block_categories", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

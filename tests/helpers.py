@@ -225,23 +225,38 @@ class SpyRegistry:
     def info(self, name: str) -> Any:
         return self.inner.info(name)
 
+    def batch_group(self, name: str) -> str:
+        return str(self.inner.batch_group(name))
+
+    def predict_mixed(self, items: Any) -> Any:
+        """The pipeline's forward: recorded like predict, under the first item's model."""
+        items = list(items)
+        self._record(items[0][0] if items else "", [text for _, text in items])
+        return self._finish(lambda: self.inner.predict_mixed(items))
+
     def predict(self, name: str, texts: Any) -> Any:
+        self._record(name, list(texts))
+        return self._finish(lambda: self.inner.predict(name, texts))
+
+    def _record(self, name: str, texts: list[str]) -> None:
         from service.core.pipeline import pipeline_call
 
         self.calls.append(
             {
                 "name": name,
-                "texts": list(texts),
+                "texts": texts,
                 "pipeline": pipeline_call.get(),
                 "started": time.monotonic(),
             }
         )
+
+    def _finish(self, forward: Any) -> Any:
         if self.gate is not None:
             self.gate.wait(10)
         try:
             if self.fail:
                 raise RuntimeError("the model's memory is corrupted")
-            return self.inner.predict(name, texts)
+            return forward()
         finally:
             self.finished.set()
 

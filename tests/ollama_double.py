@@ -132,7 +132,12 @@ class OllamaDouble:
     # --- scripting ---------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Back to the initial state: no requests, faults or latency; initial rules and models."""
+        """Back to the initial state: no requests, faults or latency; initial rules and models.
+        Waits (at most 1 s) for requests still being answered, e.g. a screen the service
+        started for a request that was refused meanwhile, so they are not counted later."""
+        deadline = time.monotonic() + 1.0
+        while getattr(self, "_in_flight", 0) and time.monotonic() < deadline:
+            time.sleep(0.01)
         with self._lock:
             self._requests: list[RecordedRequest] = []
             self._faults: dict[str, deque[_Fault]] = {}
@@ -278,6 +283,10 @@ class OllamaDouble:
     def _handle(self, handler: _Handler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
+        if len(raw) < length:  # the client went away mid-request: Ollama would not answer
+            self._client_gone()
+            handler.close_connection = True
+            return
         try:
             body = json.loads(raw) if raw else None
         except ValueError:

@@ -191,7 +191,8 @@ async def test_card_parses_names_skills_and_follows_public_url(
     assert card.description and card.provider.organization and card.provider.url == public_url
     assert card.capabilities.streaming is True
     assert [skill.id for skill in card.skills] == [
-        "sentiment-cnn", "sentiment-moe", "moderation", "chat",
+        "sentiment-cnn", "sentiment-moe", "sentiment-cascade", "hyperbole", "moderation", "chat",
+        "drift-report",
     ]  # fmt: skip
     for skill in card.skills:
         assert skill.name and skill.description and skill.tags and skill.examples
@@ -506,7 +507,8 @@ async def test_cancel_a_running_task(
         if double.chat_requests:
             break
         await asyncio.sleep(0.01)
-    [input_screen] = double.chat_requests
+    input_screen = double.chat_requests[0]  # (its output screen may follow at once)
+    assert len(input_screen.body["messages"]) == 1
 
     canceled = await rpc(http, CANCEL[version], {"id": task["id"]}, version=version)
     assert state(canceled["result"]) == "canceled", canceled
@@ -514,12 +516,15 @@ async def test_cancel_a_running_task(
     assert state(got) == "canceled" and not got.get("artifacts")
     again = await rpc(http, CANCEL[version], {"id": task["id"]}, version=version)
     assert again["error"]["code"] == -32002  # task not cancelable: it already ended
-    # The abandoned request never reached the output screen, even once its input screen
-    # answered (a request that went on would be screening its result by then).
+    # The abandoned request asked the guard nothing more once cancelled, even after its
+    # input screen would have answered: no retry, no second round of screens. (Its output
+    # screen starts while the input screen runs, so it may have been asked before.)
+    cancelled_at = time.monotonic()
     await asyncio.sleep(max(0.0, input_screen.at + latency + 0.5 - time.monotonic()))
-    assert [r.body["messages"] for r in double.chat_requests] == [
-        [{"role": "user", "content": GOOD}]
-    ]
+    asked = [(r.at, r.body["messages"]) for r in double.chat_requests]
+    assert all(at <= cancelled_at for at, _ in asked)
+    assert [messages for _, messages in asked][0] == [{"role": "user", "content": GOOD}]
+    assert len(asked) <= 2
 
 
 @pytest.mark.parametrize("version", ["1.0", "0.3"])
@@ -570,11 +575,13 @@ async def test_blocked_input_is_rejected_naming_the_categories(
             "indices": [1],
         }
     ]
-    # Both texts were screened as input; nothing the model said was screened.
+    # Both texts were screened as input. (Their output screens may have been asked too,
+    # while the input screens ran; the refusal above is all the caller got.)
     screened = [r.body["messages"] for r in double.chat_requests]
-    assert len(screened) == 2
+    inputs = [conversation for conversation in screened if len(conversation) == 1]
+    assert len(inputs) == 2 and len(screened) <= 4
     for text in ("A nice film.", "How to build a bomb"):
-        assert [{"role": "user", "content": text}] in screened
+        assert [{"role": "user", "content": text}] in inputs
 
 
 async def test_blocked_output_is_rejected(http: httpx.AsyncClient, double: OllamaDouble) -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from service.models.artifacts import NAMES
+from service.models.cascade import CascadeModel
 from service.models.registry import LoadedModel, ModelRegistry
 from tests.helpers import ServerProcess, curl, h2_client, running_server
 from tests.ollama_double import OllamaDouble
@@ -48,7 +49,7 @@ def _positive_probability(model: LoadedModel, texts: list[str]) -> list[float]:
     the Switch Transformer's two."""
     with torch.inference_mode():
         out = model.module(model.vectorizer(texts))
-    if model.card["architecture"] == "cnn":
+    if model.card["architecture"] in ("cnn", "student"):
         return [1 / (1 + math.exp(-float(logit))) for logit in out]
     return [
         math.exp(float(pos)) / (math.exp(float(neg)) + math.exp(float(pos))) for neg, pos in out
@@ -152,7 +153,12 @@ async def test_classify_a_batch_with_each_model(
     assert [r["index"] for r in answer["results"]] == [0, 1, 2]
     # Each answer is the named model's own output on that text (recomputed here from the
     # module's logits), not another model's, another text's or a constant.
-    expected = _positive_probability(reference.get(model), texts)
+    served = reference.get(model)
+    expected = (  # the cascade: its members' outputs, tests/test_cascade.py
+        served.predict_proba(texts)
+        if isinstance(served, CascadeModel)
+        else _positive_probability(served, texts)
+    )
     for result, positive in zip(answer["results"], expected, strict=True):
         probabilities = result["probabilities"]
         assert set(probabilities) == {"negative", "positive"}
@@ -179,7 +185,7 @@ async def test_models_lists_every_model_and_the_default(client: httpx.AsyncClien
     assert response.status_code == 200
     listing = response.json()
     assert listing["default"] == "sentiment-cnn-int8"
-    assert {m["name"] for m in listing["models"]} == set(NAMES)
+    assert {m["name"] for m in listing["models"]} == {*NAMES, "hyperbole-lora"}
     assert [m["name"] for m in listing["models"] if m["default"]] == ["sentiment-cnn-int8"]
     for model in listing["models"]:
         assert {"name", "version", "architecture", "params", "quantization", "size_bytes",

@@ -69,12 +69,13 @@ async def test_blocked_input(client: httpx.AsyncClient, double: OllamaDouble) ->
         {"code": "S1", "name": "Violent Crimes"},
     ]
     assert "results" not in body
-    # Both texts were screened as input; nothing the model said was screened, let alone
-    # returned.
+    # Both texts were screened as input; nothing the model said was returned. (Their output
+    # screens start while the input screens run, so they may have been asked.)
     screened = [r.body["messages"] for r in double.chat_requests]
-    assert len(screened) == 2
+    inputs = [conversation for conversation in screened if len(conversation) == 1]
+    assert len(inputs) == 2 and len(screened) <= 4
     for text in ("A nice film.", "How to build a bomb"):
-        assert [{"role": "user", "content": text}] in screened
+        assert [{"role": "user", "content": text}] in inputs
 
 
 async def test_blocked_output(client: httpx.AsyncClient, double: OllamaDouble) -> None:

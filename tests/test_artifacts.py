@@ -15,6 +15,8 @@ from service.models.artifacts import NAMES, PACKAGE_ARTIFACTS, ArtifactError, re
 from service.models.registry import LoadedModel, ModelRegistry, UnknownModelError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb_test_sample.jsonl.gz"
+CASCADE = "sentiment-cascade"  # a card over two other artifacts, no weights of its own
+WEIGHTED = [name for name in NAMES if name != CASCADE]
 CLEAR_REVIEWS = [
     (
         "This movie was absolutely wonderful. A brilliant, moving story with superb acting; "
@@ -77,7 +79,7 @@ def _positive_probability(model: LoadedModel, texts: list[str]) -> list[float]:
     card names: the CNN has one logit (sigmoid), the Switch Transformer two (softmax)."""
     with torch.inference_mode():
         out = model.module(model.vectorizer(texts))
-    if model.card["architecture"] == "cnn":
+    if model.card["architecture"] in ("cnn", "student"):
         assert out.shape == (len(texts),)
         return [1 / (1 + math.exp(-float(logit))) for logit in out]
     assert model.card["architecture"] == "switch-transformer" and out.shape == (len(texts), 2)
@@ -86,9 +88,9 @@ def _positive_probability(model: LoadedModel, texts: list[str]) -> list[float]:
     ]
 
 
-def test_all_four_artifacts_ship_small_with_complete_cards():
+def test_all_artifacts_ship_small_with_complete_cards():
     total = 0
-    for name in NAMES:
+    for name in WEIGHTED:
         card, _ = read_artifact(PACKAGE_ARTIFACTS / name)
         for key in (
             "architecture",
@@ -133,7 +135,7 @@ def test_accuracy_targets_recorded_in_the_cards(registry, sample, sample_predict
         )
         paired = 3 * math.sqrt(disagreements) / reviews
         assert measured[name] >= measured["sentiment-cnn"] - allowed - paired, (name, measured)
-    weights = {n: (PACKAGE_ARTIFACTS / n / "model.safetensors").stat().st_size for n in NAMES}
+    weights = {n: (PACKAGE_ARTIFACTS / n / "model.safetensors").stat().st_size for n in WEIGHTED}
     assert weights["sentiment-cnn-int8"] <= 0.30 * weights["sentiment-cnn"]
     assert weights["sentiment-cnn-int4"] <= 0.18 * weights["sentiment-cnn"]
     card = registry.info("switch-moe").card
@@ -146,6 +148,8 @@ def test_shipped_models_classify_unmistakable_reviews(registry, name):
     texts = [text for text, _ in CLEAR_REVIEWS]
     predictions = registry.predict(name, texts)
     assert [p.label for p in predictions] == [label for _, label in CLEAR_REVIEWS]
+    if name == CASCADE:  # its probabilities: tests/test_cascade.py
+        return
     # The served probabilities are the module's own output through the right link function,
     # and label and score are read from them.
     for p, positive in zip(

@@ -312,6 +312,8 @@ async def test_extended_card_adds_model_cards_only_with_a_token(http: httpx.Asyn
         assert params["skill_models"] == {
             "sentiment-cnn": "sentiment-cnn-int8",
             "sentiment-moe": "switch-moe",
+            "sentiment-cascade": "sentiment-cascade",
+            "hyperbole": "hyperbole-lora",
         }
         assert params["guard"]["model"] == "llama-guard3:1b"
         descriptions = {skill["id"]: skill["description"] for skill in raw["skills"]}

@@ -51,7 +51,7 @@ async def _until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached")
 
 
-async def _start_blocked(batcher: Batcher[str], forward: GatedForward) -> asyncio.Task[Any]:
+async def _start_blocked(batcher: Batcher[str, str], forward: GatedForward) -> asyncio.Task[Any]:
     """Submit one call whose forward is then running and held at the gate."""
     forward.hold()
     first = asyncio.create_task(batcher.submit(["first"]))
@@ -59,7 +59,7 @@ async def _start_blocked(batcher: Batcher[str], forward: GatedForward) -> asynci
     return first
 
 
-async def _queue(batcher: Batcher[str], calls: Sequence[list[str]]) -> list[asyncio.Task[Any]]:
+async def _queue(batcher: Batcher[str, str], calls: Sequence[list[str]]) -> list[asyncio.Task[Any]]:
     expected = batcher.queued_texts + sum(len(call) for call in calls)
     tasks = [asyncio.create_task(batcher.submit(call)) for call in calls]
     await _until(lambda: batcher.queued_texts == expected)
@@ -164,7 +164,7 @@ async def test_a_forward_error_reaches_every_caller_of_that_batch() -> None:
 
 
 async def test_a_wrong_number_of_results_is_an_error_for_the_batch() -> None:
-    batcher: Batcher[str] = Batcher(lambda texts: texts[:-1], max_texts=64, max_wait=0)
+    batcher: Batcher[str, str] = Batcher(lambda texts: texts[:-1], max_texts=64, max_wait=0)
     results = await asyncio.gather(
         batcher.submit(["a"]), batcher.submit(["b"]), return_exceptions=True
     )

@@ -103,11 +103,18 @@ def test_the_reading_judge_is_fooled_by_raw_tokens_only() -> None:
     assert reading_judge(RULES)(neutral) == "unsafe\nS2"
 
 
-def assert_no_raw_marker(double: OllamaDouble, *, calls: int) -> list[str]:
-    """Every message content the double received; none holds a raw marker."""
+def assert_no_raw_marker(
+    double: OllamaDouble, *, calls: int, up_to: int | None = None
+) -> list[str]:
+    """Every message content the double received (``calls`` requests, or up to ``up_to``);
+    none holds a raw marker."""
     requests = double.chat_requests
-    assert len(requests) == calls
-    contents = [m["content"] for request in requests for m in request.body["messages"]]
+    assert calls <= len(requests) <= (up_to or calls)
+    # A screen cancelled while its request was being sent (the output screen of a refused
+    # input) may arrive cut short, with no JSON body: nothing in it was judged.
+    whole = [request for request in requests if request.body is not None]
+    assert len(whole) >= calls
+    contents = [m["content"] for request in whole for m in request.body["messages"]]
     for content in contents:
         assert not RAW_MARKER.search(content), content
         for marker in SPECIAL_TOKENS + SECTION_MARKERS:
@@ -253,7 +260,8 @@ async def test_http2_classify_refuses_a_text_that_forges_the_verdict(
     problem = response.json()
     assert problem["type"] == "/problems/content-blocked" and problem["stage"] == "input"
     assert problem["categories"] == [{"code": "S2", "name": "Non-Violent Crimes"}]
-    assert_no_raw_marker(double, calls=1)
+    # The input screen; the output screen, started while the input screen ran, may be too.
+    assert_no_raw_marker(double, calls=1, up_to=2)
 
 
 @pytest.mark.usefixtures("fresh_double")

@@ -96,23 +96,50 @@ def test_evaluate_unknown_model_fails_with_a_clear_message(aclimdb):
     assert "unknown model 'nope'" in done.stderr
 
 
-def test_train_writes_four_loadable_artifacts_with_cards(aclimdb, tmp_path):
+def _hypo_sentences(path: Path) -> Path:
+    """A tiny HYPO-shaped file: groups of a hyperbole, a paraphrase and a literal use."""
+    rows = []
+    for group in range(40):
+        rows += [
+            {"text": f"I told you {group} million times", "label": 1, "group": group},
+            {"text": f"I told you {group} times", "label": 0, "group": group},
+            {"text": f"It costs {group} million dollars", "label": 0, "group": group},
+        ]
+    with gzip.open(path, "wt") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+    return path
+
+
+def test_train_writes_loadable_artifacts_and_the_adapter_with_cards(aclimdb, tmp_path):
     out = tmp_path / "artifacts"
+    hypo = _hypo_sentences(tmp_path / "hypo.jsonl.gz")
     done = subprocess.run(
         [sys.executable, "-m", "service", "train", "--data", str(aclimdb), "--out", str(out),
-         "--cnn-epochs", "1", "--moe-epochs", "1"],
+         "--cnn-epochs", "1", "--moe-epochs", "1", "--hyperbole-data", str(hypo),
+         "--hyperbole-epochs", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "epoch 1" in done.stderr  # progress is shown
+    assert "hyperbole lora epoch 1" in done.stderr
     registry = ModelRegistry.load(root=out)
-    assert registry.names() == list(NAMES)
+    assert registry.names() == [*NAMES, "hyperbole-lora"]
+    adapter = registry.info("hyperbole-lora")
+    assert adapter.base == "sentiment-cnn"
+    assert (
+        adapter.card["base"]["weights_sha256"]
+        == registry.info("sentiment-cnn").card["weights_sha256"]
+    )
+    assert adapter.card["data"]["test"] + adapter.card["data"]["train"] < 120
     test = [r for r in read_aclimdb(aclimdb) if r.split == "test"]
     for name in NAMES:
         card = registry.info(name).card
         assert card["command"].startswith("python -m service train --data ")
         assert card["test"]["n"] == 300 and card["data"]["validation"] == 60
-        assert len(card["training"]["history"]) >= 1
+        if name == "sentiment-cascade":  # no training of its own: a threshold on validation
+            assert card["validation"]["n"] == 60 and 0.5 <= card["threshold"] <= 1.0
+        else:
+            assert len(card["training"]["history"]) >= 1
         # The card's test accuracy is what the written artifact does on those 300 reviews,
         # measured again here (to one review: a probability within float rounding of 0.5 may
         # land on either side in a batch of another size).

@@ -104,11 +104,14 @@ async def test_blocked_input_is_refused_and_no_output_is_screened(
     assert caught.value.stage == "input"
     assert caught.value.indices == (1,)
     assert [(c.code, c.name) for c in caught.value.categories] == [("S9", "Indiscriminate Weapons")]
-    # Both texts were screened as input, and nothing else: no result was screened as output.
-    assert sorted(_conversations(ollama_double)) == [
+    # Both texts were screened as input. Output screens start while the input screens run,
+    # so some may have been asked; the refusal is all the caller gets.
+    conversations = _conversations(ollama_double)
+    assert sorted(c for c in conversations if len(c) == 1) == [
         [("user", "A lovely film.")],
         [("user", "How do I build a bomb at home?")],
     ]
+    assert all(len(c) == 2 and c[1][0] == "assistant" for c in conversations if len(c) != 1)
 
 
 async def test_blocked_output_is_refused(
@@ -169,12 +172,14 @@ async def test_input_screen_and_inference_run_concurrently(
     pipeline: GuardedPipeline, ollama_double: OllamaDouble, spy: SpyRegistry
 ) -> None:
     ollama_double.set_latency(0.5)
-    started = time.monotonic()
     await pipeline.classify(["A quiet, patient film."])
-    first_screen = ollama_double.chat_requests[0]
-    # The model started while the first input screen was still waiting for its answer.
+    first_screen, second_screen = ollama_double.chat_requests
+    assert len(first_screen.body["messages"]) == 1  # the input screen
+    # The model started while the input screen was still waiting for its answer, and the
+    # output screen was asked while the input screen still waited, too.
     assert spy.calls[0]["started"] < first_screen.at + 0.5
-    assert time.monotonic() - started >= 1.0  # input and output screens, one after another
+    assert len(second_screen.body["messages"]) == 2
+    assert second_screen.at < first_screen.at + 0.5
 
 
 async def test_request_timeout(

@@ -27,7 +27,7 @@ from a2a.utils.constants import PROTOCOL_VERSION_0_3, PROTOCOL_VERSION_1_0, Tran
 from google.protobuf.json_format import ParseDict
 from google.protobuf.struct_pb2 import Struct
 
-from service.a2a.skills import CHAT, MODERATION, SKILLS, skill_model
+from service.a2a.skills import CHAT, DRIFT_REPORT, MODERATION, SKILLS, skill_model
 from service.config import Settings
 from service.models.registry import ModelInfo
 
@@ -137,6 +137,8 @@ def extended_card(
     for skill_id in offered(settings):
         if skill_id == MODERATION:
             extra = f" Guard model: {settings.guard_model}."
+        elif skill_id == DRIFT_REPORT:
+            extra = f" Models: {', '.join(info.name for info in models)}."
         elif skill_id == CHAT:
             extra = f" Chat model: {settings.chat_model}; guard model: {settings.guard_model}."
         else:
@@ -151,7 +153,7 @@ def extended_card(
             "skill_models": {
                 skill_id: skill_model(skill_id, settings)
                 for skill_id in SKILLS
-                if skill_id not in (MODERATION, CHAT)
+                if skill_id not in (MODERATION, CHAT, DRIFT_REPORT)
             },
             "guard": {
                 "model": settings.guard_model,
@@ -183,6 +185,15 @@ def extended_card(
 
 
 def _describe(info: ModelInfo) -> str:
+    if info.base is not None and info.adapter is not None:  # a LoRA adapter
+        parts = [
+            f"LoRA rank {info.adapter['rank']} on {info.base}",
+            f"{info.params / 1e3:.1f} K trained parameters",
+            f"{info.size_bytes / 1e3:.0f} KB",
+        ]
+        if info.test_accuracy is not None:
+            parts.append(f"held-out test accuracy {info.test_accuracy:.3f}")
+        return f"{info.name} ({', '.join(parts)})"
     parts = [
         info.architecture,
         info.quantization or "fp32",

@@ -28,12 +28,24 @@ from service.guard.scanner import Message
 
 if TYPE_CHECKING:
     from service.a2a.chat_skill import ChatTurn
+    from service.drift.outcome import DriftOutcome
 
 SENTIMENT_CNN = "sentiment-cnn"
 SENTIMENT_MOE = "sentiment-moe"
+SENTIMENT_CASCADE = "sentiment-cascade"  # the distilled student, the int8 CNN when unsure
+HYPERBOLE = "hyperbole"  # the LoRA adapter on the sentiment CNN
 MODERATION = "moderation"
 CHAT = "chat"  # a conversation: see service/a2a/chat_skill.py
-SKILL_IDS = (SENTIMENT_CNN, SENTIMENT_MOE, MODERATION, CHAT)
+DRIFT_REPORT = "drift-report"  # the drift monitor's state, screened like every answer
+SKILL_IDS = (
+    SENTIMENT_CNN,
+    SENTIMENT_MOE,
+    SENTIMENT_CASCADE,
+    HYPERBOLE,
+    MODERATION,
+    CHAT,
+    DRIFT_REPORT,
+)
 DEFAULT_SKILL = SENTIMENT_CNN
 
 DATA_KEYS = frozenset({"texts", "text", "model", "skill", "messages"})
@@ -79,6 +91,34 @@ SKILLS: dict[str, SkillInfo] = {
             "The soundtrack alone is worth the ticket.",
         ),
     ),
+    SENTIMENT_CASCADE: SkillInfo(
+        SENTIMENT_CASCADE,
+        "Sentiment classification, high volume (student-then-CNN cascade)",
+        "Classifies the sentiment of English texts as positive or negative for high-volume "
+        "callers: a small student distilled from the CNN answers every text, and the texts it "
+        "is unsure of go to the int8 CNN in the same call, at about the CNN's accuracy and "
+        "several times its throughput. Each result names the model that answered "
+        '("answered_by"). Behind the same Llama Guard 3 screens as every skill. Select it '
+        'with "skill": "sentiment-cascade" in a data part or in the message metadata.',
+        ("sentiment", "classification", "distillation", "cascade", "high-volume", "guarded"),
+        (
+            '{"skill": "sentiment-cascade", "texts": ["Great fun.", "A tedious mess."]}',
+            "An uneven film, but the last act won me over.",
+        ),
+    ),
+    HYPERBOLE: SkillInfo(
+        HYPERBOLE,
+        "Hyperbole detection (LoRA adapter)",
+        "Tells exaggeration from literal statements in English sentences (labels hyperbole "
+        "or literal) with a low-rank adapter on the sentiment CNN, trained on human-labelled "
+        "sentences (HYPO), behind the same Llama Guard 3 screens as every skill. Select it "
+        'with "skill": "hyperbole" in a data part or in the message metadata.',
+        ("hyperbole", "exaggeration", "classification", "lora", "guarded"),
+        (
+            '{"skill": "hyperbole", "texts": ["I have told you a million times."]}',
+            "This bag weighs a ton.",
+        ),
+    ),
     MODERATION: SkillInfo(
         MODERATION,
         "Content moderation (Llama Guard 3)",
@@ -111,6 +151,21 @@ SKILLS: dict[str, SkillInfo] = {
         (
             '{"skill": "chat", "text": "Which films are worth watching twice?"}',
             "And why that one? (the next turn: a message with the task's taskId)",
+        ),
+    ),
+    DRIFT_REPORT: SkillInfo(
+        DRIFT_REPORT,
+        "Drift report",
+        "How far the texts each model classified recently are from its training data: per "
+        "model, the window of recent texts, each feature's statistic, threshold and verdict "
+        "(text length, word count, out-of-vocabulary share, token distribution, score) and "
+        "the vocabulary words that most gained and lost weight; the data of GET /v1/drift. "
+        "The request and the answer are screened by Llama Guard 3. Select it with "
+        '"skill": "drift-report"; a data part\'s "model" narrows it to one model.',
+        ("drift", "monitoring", "data-drift", "guarded"),
+        (
+            '{"skill": "drift-report"}',
+            '{"skill": "drift-report", "model": "sentiment-cnn-int8"}',
         ),
     ),
 }
@@ -161,6 +216,19 @@ class ModerateJob:
         return await pipeline.moderate(self.conversations)
 
 
+@dataclass(frozen=True)
+class DriftJob:
+    skill: str
+    model: str | None
+    request: str  # the message's text, screened as the user's message
+
+    def working_text(self) -> str:
+        return f"reporting drift for {self.model or 'every model'}"
+
+    async def run(self, pipeline: GuardedPipeline) -> DriftOutcome:
+        return await pipeline.drift_report(self.model, self.request)
+
+
 def _count(items: Sequence[object]) -> str:
     return f"{len(items)} text{'s' if len(items) != 1 else ''}"
 
@@ -169,6 +237,10 @@ def skill_model(skill: str, settings: Settings) -> str:
     """The model a sentiment skill runs when the message names none."""
     if skill == SENTIMENT_MOE:
         return settings.a2a_moe_model
+    if skill == HYPERBOLE:
+        return settings.a2a_hyperbole_model
+    if skill == SENTIMENT_CASCADE:
+        return settings.a2a_cascade_model
     return settings.a2a_cnn_model or settings.default_model
 
 
@@ -209,6 +281,9 @@ def parse_job(
 
         return chat_turn(texts, data, message, request_metadata, continuing, pipeline, settings)
 
+    if skill == DRIFT_REPORT:
+        return _drift_job(texts, data, pipeline)
+
     if skill == MODERATION:
         if "model" in data:
             raise _invalid("the moderation skill always uses the guard model; drop 'model'")
@@ -239,6 +314,22 @@ def parse_job(
     except ServiceError as exc:
         raise protocol_error(exc) from None
     return ClassifyJob(skill, tuple(texts), model)
+
+
+def _drift_job(texts: list[str], data: Mapping[str, Any], pipeline: GuardedPipeline) -> DriftJob:
+    if "messages" in data:
+        raise _invalid(f"'messages' belongs to the moderation skill, not {DRIFT_REPORT!r}")
+    model = data.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise _invalid("'model' must be a non-empty string")
+    try:
+        if texts:
+            pipeline.limits.check_texts(texts)
+        if model is not None:
+            pipeline.model_info(model)
+    except ServiceError as exc:
+        raise protocol_error(exc) from None
+    return DriftJob(DRIFT_REPORT, model, "\n".join(texts))
 
 
 def _read_part(part: Part, index: int) -> tuple[list[str], dict[str, Any]]:

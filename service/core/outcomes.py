@@ -16,10 +16,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Timing:
-    """Wall times in milliseconds. The input screens overlap inference, so guard_ms +
-    model_ms may exceed total_ms."""
+    """Wall times in milliseconds. Inference and the output screens run while the input
+    screens do, so guard_ms + model_ms may exceed total_ms."""
 
-    guard_ms: float  # input screening + output screening, each stage's wall time
+    guard_ms: float  # from the first screen's start to the last verdict (they overlap)
     model_ms: float  # waiting for the model: queueing plus the forward that ran these texts
     total_ms: float  # the whole pipeline call
 
@@ -51,16 +51,19 @@ class TextResult:
     output_screen: ScanResult
 
     def to_dict(self, index: int) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "index": index,
             "label": self.prediction.label,
             "score": self.prediction.score,
             "probabilities": self.prediction.probabilities,
-            "screens": {
-                "input": screen_dict(self.input_screen),
-                "output": screen_dict(self.output_screen),
-            },
         }
+        if self.prediction.answered_by is not None:  # a cascade names its answering member
+            out["answered_by"] = self.prediction.answered_by
+        out["screens"] = {
+            "input": screen_dict(self.input_screen),
+            "output": screen_dict(self.output_screen),
+        }
+        return out
 
 
 @dataclass(frozen=True)

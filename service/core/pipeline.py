@@ -20,7 +20,6 @@ that cannot answer ``GuardError`` (fail closed), a limit ``LimitExceeded``, an u
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -49,11 +48,14 @@ from service.core.outcomes import (
     Timing,
     render_prediction,
 )
+from service.guard.admission import follow_up
 from service.guard.metrics import GUARD_CALLS
 from service.guard.scanner import GuardError, Message, Scanner, ScanResult, ScanStatus
 from service.models.batching import Batcher
 
 if TYPE_CHECKING:
+    from service.drift.monitor import DriftMonitor
+    from service.drift.outcome import DriftOutcome
     from service.models.registry import ModelInfo, ModelRegistry, Prediction
 
 logger = logging.getLogger("service.core.pipeline")
@@ -71,7 +73,8 @@ PIPELINE_OUTCOMES = Counter(
 )
 MODEL_SECONDS = Histogram(
     "model_inference_seconds",
-    "Wall time of one model forward pass (one micro-batch) in its worker thread.",
+    "Wall time of one model forward pass (one micro-batch) in its worker thread; adapters "
+    "served on a base are counted under the base, whose batches they share.",
     ["model"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
@@ -103,8 +106,10 @@ class GuardedPipeline:
         scanner: Scanner,
         settings: Settings,
         chat_model: ChatModel | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self._registry = registry
+        self._drift = drift  # None: drift monitoring is off
         self._scanner = scanner
         self._settings = settings
         self._chat = chat_model
@@ -113,7 +118,7 @@ class GuardedPipeline:
             max_batch=settings.chat_max_messages, max_text_chars=settings.max_text_chars
         )
         self.chunk_policy = ChunkPolicy(settings.chat_chunk_tokens, settings.chat_chunk)
-        self._batchers: dict[str, Batcher[Prediction]] = {}
+        self._batchers: dict[str, Batcher[tuple[str, str], Prediction]] = {}
 
     # --- read-only views for front ends -----------------------------------------------
     @property
@@ -165,7 +170,46 @@ class GuardedPipeline:
         finally:
             pipeline_call.reset(token)
         PIPELINE_OUTCOMES.labels("classify", info.name, "ok").inc()
+        if self._drift is not None:  # descriptors only; the tests run off the request path
+            scores = [r.prediction.probabilities[info.labels[1]] for r in result.results]
+            self._drift.observe(info.name, texts, scores)
         return result
+
+    # --- drift ---------------------------------------------------------------------------
+    @property
+    def drift(self) -> DriftMonitor | None:
+        return self._drift
+
+    def drift_status(self, model: str | None = None) -> dict[str, Any]:
+        """The drift monitor's state (GET /v1/drift): figures and vocabulary words, no
+        caller text. Raises UnknownModelError for a model that is not loaded."""
+        from service.drift.outcome import DISABLED
+
+        if model is not None:
+            self.model_info(model)
+        return self._drift.report(model) if self._drift is not None else dict(DISABLED)
+
+    async def drift_report(self, model: str | None = None, request: str = "") -> DriftOutcome:
+        """The drift status as a guarded answer: ``request`` (or a plain request naming the
+        model) screened as the user's message, the report's words as the reply.
+
+        Raises UnknownModelError, ContentBlocked, GuardError, RequestTimeout."""
+        from service.drift.outcome import DriftOutcome, screened_text
+
+        report = self.drift_status(model)
+        request = request or f"drift report for {model or 'all models'}"
+        try:
+            reply = screened_text(report)
+            screen_in, screen_out = await self._bounded(
+                _all([self._screen_input(request), self._screen_output(request, reply)])
+            )
+            _raise_unless_passed("input", [screen_in])
+            _raise_unless_passed("output", [screen_out])
+        except BaseException as error:
+            _count_failure("drift_report", model or "-", error)
+            raise
+        PIPELINE_OUTCOMES.labels("drift_report", model or "-", "ok").inc()
+        return DriftOutcome(report, screen_in, screen_out)
 
     async def moderate(self, conversations: Sequence[Sequence[Message]]) -> ModerationOutcome:
         """The guard's verdict on each conversation (the moderation service); an unsafe
@@ -311,38 +355,52 @@ class GuardedPipeline:
             raise
 
     async def _classify(self, texts: list[str], info: ModelInfo) -> ClassifyOutcome:
+        """Input screens and inference start together; the output screens start as soon as
+        the prediction exists (about a millisecond), while the input screens still run, so
+        a request waits for about one screen, not two in a row. Nothing is returned before
+        both passed, and the input's verdict is read first: an unsafe or unanswered input is
+        reported as such even when its output screen finished earlier, and output screens
+        still running then are cancelled."""
         started = time.perf_counter()
         BATCH_TEXTS.observe(len(texts))
         inference = asyncio.create_task(self._predict(info.name, texts))
-        inference.add_done_callback(_retrieve)
+        inputs = asyncio.ensure_future(_all(self._screen_input(text) for text in texts))
+        outputs: asyncio.Future[list[ScanResult]] | None = None
+        for task in (inference, inputs):
+            task.add_done_callback(_retrieve)
         try:
-            input_started = time.perf_counter()
-            input_screens = await _all(self._screen_input(text) for text in texts)
-            input_ms = _ms_since(input_started)
+            # The prediction, unless the input screens fail first (then it is never read).
+            await asyncio.wait((inference, inputs), return_when=asyncio.FIRST_COMPLETED)
+            if inputs.done():
+                _raise_unless_passed("input", inputs.result())
+            predictions, model_ms = await inference
+            if len(predictions) != len(texts):
+                raise RuntimeError(f"model {info.name} gave {len(predictions)} for {len(texts)}")
+            rendered = [render_prediction(prediction) for prediction in predictions]
+            outputs = asyncio.ensure_future(
+                _all(
+                    self._screen_output(text, reply)
+                    for text, reply in zip(texts, rendered, strict=True)
+                )
+            )
+            outputs.add_done_callback(_retrieve)
+            input_screens = await inputs
             _raise_unless_passed("input", input_screens)
-        except BaseException:
-            # Unsafe input or no verdict: the model's answer must never be read.
-            inference.cancel()
-            raise
-        predictions, model_ms = await inference
-        if len(predictions) != len(texts):
-            raise RuntimeError(f"model {info.name} gave {len(predictions)} for {len(texts)}")
-        rendered = [render_prediction(prediction) for prediction in predictions]
-        output_started = time.perf_counter()
-        output_screens = await _all(
-            self._screen_output(text, reply) for text, reply in zip(texts, rendered, strict=True)
-        )
-        output_ms = _ms_since(output_started)
-        _raise_unless_passed("output", output_screens)
+            output_screens = await outputs
+            _raise_unless_passed("output", output_screens)
+        finally:
+            pending: list[asyncio.Future[Any] | None] = [inference, inputs, outputs]
+            for unfinished in pending:
+                if unfinished is not None and not unfinished.done():
+                    unfinished.cancel()  # a refusal: the rest of the work is not wanted
+        guard_ms = _ms_since(started)  # both screens, overlapping, as wall time
         results = tuple(
             TextResult(prediction, reply, screen_in, screen_out)
             for prediction, reply, screen_in, screen_out in zip(
                 predictions, rendered, input_screens, output_screens, strict=True
             )
         )
-        timing = Timing(
-            guard_ms=input_ms + output_ms, model_ms=model_ms, total_ms=_ms_since(started)
-        )
+        timing = Timing(guard_ms=guard_ms, model_ms=model_ms, total_ms=_ms_since(started))
         logger.info(
             "classified",
             extra={"model": info.name, "texts": len(texts), "timing": timing.to_dict()},
@@ -359,20 +417,27 @@ class GuardedPipeline:
         if not self._settings.guard_screen_output:
             GUARD_CALLS.labels("output", "skipped").inc()
             return ScanResult.skipped(self._scanner.model)
-        return await self._scanner.scan((Message("user", text), Message("assistant", reply)))
+        # The request was admitted with its input screen: its output screen is a follow-up.
+        token = follow_up.set(True)
+        try:
+            return await self._scanner.scan((Message("user", text), Message("assistant", reply)))
+        finally:
+            follow_up.reset(token)
 
     async def _predict(self, name: str, texts: list[str]) -> tuple[list[Prediction], float]:
         started = time.perf_counter()
-        # Combined with concurrent calls for the same model into one forward pass; a refused
-        # request that cancels this await returns at once and only its own slice is dropped.
-        predictions = await self._batcher(name).submit(texts)
+        # Combined with concurrent calls for the same model (or for the base and adapters of
+        # one batch group) into one forward pass; a refused request that cancels this await
+        # returns at once and only its own slice is dropped.
+        batcher = self._batcher(self._registry.batch_group(name))
+        predictions = await batcher.submit([(name, text) for text in texts])
         return predictions, _ms_since(started)
 
-    def _batcher(self, name: str) -> Batcher[Prediction]:
+    def _batcher(self, name: str) -> Batcher[tuple[str, str], Prediction]:
         batcher = self._batchers.get(name)
         if batcher is None:
             batcher = self._batchers[name] = Batcher(
-                functools.partial(self._registry.predict, name),
+                self._registry.predict_mixed,
                 max_texts=self._settings.batch_max_texts,
                 max_wait=self._settings.batch_max_wait_ms / 1000.0,
                 observe=_batch_observer(name),

@@ -21,6 +21,11 @@ from dataclasses import dataclass
 # Who is asking: set per request by the HTTP layer (service.web.middleware); empty outside
 # a request (warm-up, the command line), which is one caller like any other.
 caller: ContextVar[str] = ContextVar("guard_caller", default="")
+# Set while an admitted request screens its model's answer. Its output screen starts while
+# its input screen still holds a place, so refusing it for a full queue would waste a
+# request already under way: a follow-up may take a place past GUARD_QUEUE (at most twice
+# the capacity in all, so memory stays bounded), and does not count against the caller.
+follow_up: ContextVar[bool] = ContextVar("guard_follow_up", default=False)
 
 
 @dataclass(frozen=True)
@@ -35,14 +40,23 @@ class Admission:
         self.capacity = concurrency + queue
         self.per_caller = max(1, math.ceil(caller_share * self.capacity))
         self._held: Counter[str] = Counter()
-        self._total = 0
+        self._total = 0  # places held by first screens
+        self._follow_ups = 0  # places held by follow-ups (at most ``capacity`` more)
 
     @property
     def held(self) -> int:
-        return self._total
+        return self._total + self._follow_ups
 
-    def enter(self, who: str) -> Refusal | None:
-        """Take a place for ``who``, or say why not (then nothing was taken)."""
+    def enter(self, who: str, follow_up: bool = False) -> Refusal | None:
+        """Take a place for ``who``, or say why not (then nothing was taken). Follow-ups
+        have places of their own, so they never crowd out a new request's first screen."""
+        if follow_up:
+            if self._follow_ups >= self.capacity:
+                return Refusal(
+                    f"the guard queue is full ({self._follow_ups} follow-up calls waiting)"
+                )
+            self._follow_ups += 1
+            return None
         if self._total >= self.capacity:
             return Refusal(f"the guard queue is full ({self.capacity} calls running or waiting)")
         if self._held[who] >= self.per_caller:
@@ -53,7 +67,10 @@ class Admission:
         self._total += 1
         return None
 
-    def leave(self, who: str) -> None:
+    def leave(self, who: str, follow_up: bool = False) -> None:
+        if follow_up:
+            self._follow_ups -= 1
+            return
         self._held[who] -= 1
         if self._held[who] <= 0:
             del self._held[who]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import ollama
 
-from service.guard.admission import Admission, caller
+from service.guard.admission import Admission, caller, follow_up
 from service.guard.cache import VerdictCache, conversation_key
 from service.guard.metrics import (
     GUARD_ABANDONED,
@@ -125,8 +125,8 @@ class LlamaGuard:
         call = self._inflight.get(key)
         joined = call is not None
         if call is None:
-            who = caller.get()
-            refusal = self._admission.enter(who)
+            who, following = caller.get(), follow_up.get()
+            refusal = self._admission.enter(who, following)
             if refusal is not None:  # refused at once, not left to time out in a queue
                 GUARD_CALLS.labels(stage, "error").inc()
                 GUARD_ERRORS.labels("overloaded").inc()
@@ -136,7 +136,7 @@ class LlamaGuard:
             call = asyncio.ensure_future(self._call(conversation, key, stage))
             self._inflight[key] = call
             self._waiters[call] = 0
-            call.add_done_callback(lambda done: self._call_done(key, done, who))
+            call.add_done_callback(lambda done: self._call_done(key, done, who, following))
         else:
             GUARD_CACHE_HITS.labels("inflight").inc()
         self._waiters[call] += 1
@@ -158,11 +158,13 @@ class LlamaGuard:
             verdict = replace(verdict, cached=True, latency_ms=_ms_since(started))
         return self._count(verdict, stage)
 
-    def _call_done(self, key: str, call: asyncio.Future[ScanResult], who: str) -> None:
+    def _call_done(
+        self, key: str, call: asyncio.Future[ScanResult], who: str, following: bool
+    ) -> None:
         if self._inflight.get(key) is call:
             del self._inflight[key]
         self._waiters.pop(call, None)
-        self._admission.leave(who)
+        self._admission.leave(who, following)
         if not call.cancelled():
             call.exception()  # mark retrieved: errors reach the callers through shield()
 

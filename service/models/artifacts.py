@@ -13,7 +13,14 @@ from safetensors.torch import load_file, save_file
 WEIGHTS = "model.safetensors"
 VOCAB = "vocab.json"
 CARD = "card.json"
-NAMES = ("sentiment-cnn", "sentiment-cnn-int8", "sentiment-cnn-int4", "switch-moe")
+NAMES = (
+    "sentiment-cnn",
+    "sentiment-cnn-int8",
+    "sentiment-cnn-int4",
+    "switch-moe",
+    "sentiment-student",
+    "sentiment-cascade",
+)
 PACKAGE_ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
@@ -41,6 +48,7 @@ def write_weights(folder: Path, tensors: dict[str, torch.Tensor]) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / WEIGHTS
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    path.chmod(0o644)  # safetensors writes 0600; artifacts are meant to be read by all
     return {
         "weights_file": WEIGHTS,
         "weights_sha256": sha256_file(path),
@@ -56,6 +64,17 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
+def check_sha256(path: Path, card: dict, what: str, rebuild: str) -> None:
+    """Refuse weights whose hash is not the one their card records."""
+    actual = sha256_file(path)
+    if actual != card.get("weights_sha256"):
+        raise ArtifactError(
+            f"{what}: {path.name} has SHA-256 {actual}, but card.json records "
+            f"{card.get('weights_sha256')}; the weights were changed or the card is stale "
+            f"(rebuild with {rebuild})"
+        )
+
+
 def read_artifact(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """The card and the tensors, after checking hash and every tensor's shape and dtype."""
     card_path, weights_path = folder / CARD, folder / WEIGHTS
@@ -63,13 +82,7 @@ def read_artifact(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         if not path.is_file():
             raise ArtifactError(f"artifact {folder.name!r}: missing {path.name} in {folder}")
     card = json.loads(card_path.read_text())
-    actual = sha256_file(weights_path)
-    if actual != card.get("weights_sha256"):
-        raise ArtifactError(
-            f"artifact {folder.name!r}: {WEIGHTS} has SHA-256 {actual}, but card.json records "
-            f"{card.get('weights_sha256')}; the weights were changed or the card is stale "
-            "(rebuild with `make train`)"
-        )
+    check_sha256(weights_path, card, f"artifact {folder.name!r}", "`make train`")
     tensors = load_file(str(weights_path))
     manifest = tensor_manifest(tensors)
     expected = card.get("tensors", {})

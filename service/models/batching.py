@@ -1,9 +1,10 @@
 """Dynamic micro-batching: concurrent predict calls for one model share one forward pass.
 
-Each model has a :class:`Batcher`. Callers ``await batcher.submit(texts)``; a worker coroutine
-takes the queued calls (up to ``max_texts`` texts, waiting at most ``max_wait`` seconds for
-more), runs ONE blocking forward over all their texts in a worker thread, and hands each
-caller its own slice. A model's forward is per-text deterministic (fixed-length rows, MoE
+Each model (or base model with its adapters) has a :class:`Batcher`. Callers ``await
+batcher.submit(items)`` (texts, or (model, text) pairs); a worker coroutine takes the queued
+calls (up to ``max_texts`` items, waiting at most ``max_wait`` seconds for more), runs ONE
+blocking forward over all their items in a worker thread, and hands each caller its own
+slice. A model's forward is per-text deterministic (fixed-length rows, MoE
 routing per sequence), so a text's result does not depend on the batch it ran in.
 
 The worker runs only while there is work: it starts on the first call after an idle spell
@@ -25,10 +26,11 @@ from typing import Generic, TypeVar
 
 import anyio.to_thread
 
+T = TypeVar("T")  # what one row of a forward is: a text, or a (model, text) pair
 R = TypeVar("R")
 
-# The blocking forward: texts in, one result per text out, in order.
-Forward = Callable[[list[str]], Sequence[R]]
+# The blocking forward: items in, one result per item out, in order.
+Forward = Callable[[list[T]], Sequence[R]]
 # Called after each forward with (texts in the batch, calls in the batch, forward seconds).
 BatchObserver = Callable[[int, int, float], None]
 
@@ -38,12 +40,12 @@ class BatcherClosed(RuntimeError):
 
 
 @dataclass(eq=False)
-class _Call(Generic[R]):
-    texts: list[str]
+class _Call(Generic[T, R]):
+    texts: list[T]
     future: asyncio.Future[list[R]] = field(repr=False)
 
 
-class Batcher(Generic[R]):
+class Batcher(Generic[T, R]):
     """Combines concurrent calls into one forward of at most ``max_texts`` texts.
 
     A single call with more than ``max_texts`` texts runs alone (calls are never split).
@@ -54,7 +56,7 @@ class Batcher(Generic[R]):
 
     def __init__(
         self,
-        forward: Forward[R],
+        forward: Forward[T, R],
         *,
         max_texts: int = 64,
         max_wait: float = 0.002,
@@ -68,11 +70,11 @@ class Batcher(Generic[R]):
         self._max_texts = max_texts
         self._max_wait = max_wait
         self._observe = observe
-        self._queue: deque[_Call[R]] = deque()
+        self._queue: deque[_Call[T, R]] = deque()
         self._queued_texts = 0
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._running: list[_Call[R]] = []
+        self._running: list[_Call[T, R]] = []
         self._closed = False
         self.forwards = 0  # forward passes run so far (for tests and diagnostics)
 
@@ -85,12 +87,12 @@ class Batcher(Generic[R]):
         """Texts waiting for a forward (not counting a forward already running)."""
         return self._queued_texts
 
-    async def submit(self, texts: Sequence[str]) -> list[R]:
+    async def submit(self, texts: Sequence[T]) -> list[R]:
         """The forward's results for ``texts``, computed together with concurrent calls."""
         if self._closed:
             raise BatcherClosed("the batcher is closed")
         loop = asyncio.get_running_loop()
-        call: _Call[R] = _Call(list(texts), loop.create_future())
+        call: _Call[T, R] = _Call(list(texts), loop.create_future())
         self._queue.append(call)
         self._queued_texts += len(call.texts)
         if self._worker is None or self._worker.done():
@@ -154,9 +156,9 @@ class Batcher(Generic[R]):
         except TimeoutError:
             pass
 
-    def _take(self) -> list[_Call[R]]:
+    def _take(self) -> list[_Call[T, R]]:
         """Pop calls from the front, in order, while they fit within max_texts."""
-        batch: list[_Call[R]] = []
+        batch: list[_Call[T, R]] = []
         size = 0
         while self._queue:
             call = self._queue[0]
@@ -172,7 +174,7 @@ class Batcher(Generic[R]):
             size += len(call.texts)
         return batch
 
-    async def _run(self, batch: list[_Call[R]]) -> None:
+    async def _run(self, batch: list[_Call[T, R]]) -> None:
         texts = [text for call in batch for text in call.texts]
         self._running = batch
         started = time.perf_counter()

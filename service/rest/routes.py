@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -26,6 +26,7 @@ from service.rest.openai import create_openai_router, openai_models
 from service.rest.schemas import (
     ClassifyRequest,
     ClassifyResponse,
+    DriftResponse,
     HealthResponse,
     ModelsResponse,
     ModerateRequest,
@@ -104,6 +105,19 @@ def create_routers(pipeline: GuardedPipeline, settings: Settings) -> list[APIRou
         except LimitExceeded as exc:
             raise exc.relocated(locate) from None
         return JSONResponse({**outcome.results[0].to_dict(), "timing": outcome.timing()})
+
+    @v1.get(
+        "/v1/drift",
+        summary="Drift of each model's recent texts from its training data",
+        response_model=DriftResponse,
+        responses=PROBLEM_RESPONSES,
+    )
+    async def drift(
+        model: str | None = Query(None, min_length=1, description="Only this model"),
+    ) -> JSONResponse:
+        # The monitor's figures and vocabulary words, never a caller's text; like /v1/models
+        # and /metrics it is answered without the guard (the A2A drift-report skill screens).
+        return JSONResponse(pipeline.drift_status(model))
 
     @ops.get("/healthz", summary="Liveness: the process answers", response_model=HealthResponse)
     async def healthz() -> JSONResponse:

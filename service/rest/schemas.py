@@ -110,9 +110,17 @@ class ScreensOut(BaseModel):
 
 class ClassifyResultOut(BaseModel):
     index: int
-    label: Literal["negative", "positive"]
+    label: str = Field(
+        description="The model's label: `negative` or `positive` for the sentiment models, "
+        "`literal` or `hyperbole` for `hyperbole-lora` (`/v1/models` lists each model's)."
+    )
     score: float = Field(description="Probability of `label`.")
     probabilities: dict[str, float]
+    answered_by: str | None = Field(
+        None,
+        description="For `sentiment-cascade`: the member that answered, `sentiment-student` "
+        "or (when the student was unsure) `sentiment-cnn-int8`.",
+    )
     screens: ScreensOut
 
 
@@ -122,7 +130,10 @@ class ModelRef(BaseModel):
 
 
 class TimingOut(BaseModel):
-    guard_ms: float = Field(description="Input + output screening wall time.")
+    guard_ms: float = Field(
+        description="Screening wall time, from the first screen's start to the last verdict "
+        "(the output screen starts while the input screen runs)."
+    )
     model_ms: float = Field(description="Inference wall time (overlaps the input screen).")
     total_ms: float
 
@@ -131,6 +142,27 @@ class ClassifyResponse(BaseModel):
     model: ModelRef
     results: list[ClassifyResultOut]
     timing: TimingOut
+
+
+class AdapterOut(BaseModel):
+    rank: int
+    alpha: float
+    merged: bool = Field(description="Served from its own merged copy of the base weights.")
+
+
+class CascadeOut(BaseModel):
+    student: str = Field(description="The model that answers first.")
+    teacher: str = Field(description="The model that answers the texts the student is unsure of.")
+    threshold: float = Field(
+        description="Texts whose student confidence (probability of its label) is below this "
+        "go to the teacher; chosen on validation reviews."
+    )
+    escalation_rate: float | None = Field(
+        description="Share of the aclImdb test reviews sent to the teacher (from the card)."
+    )
+    validation_escalation_rate: float | None = Field(
+        description="The same on the validation reviews the threshold was chosen on."
+    )
 
 
 class ModelOut(BaseModel):
@@ -143,6 +175,12 @@ class ModelOut(BaseModel):
     quantization: str | None
     size_bytes: int
     test_accuracy: float | None
+    labels: list[str] = Field(description="The labels, the below-0.5 one first.")
+    base: str | None = Field(None, description="For a LoRA adapter: the model it adapts.")
+    adapter: AdapterOut | None = None
+    cascade: CascadeOut | None = Field(
+        None, description="For a cascade: its members, threshold and escalation rates."
+    )
     default: bool
 
 
@@ -165,6 +203,74 @@ class ModelsResponse(BaseModel):
 
 class ModerateResponse(VerdictOut):
     timing: dict[str, float]
+
+
+class DriftFeatureOut(BaseModel):
+    feature: Literal["length", "words", "oov_share", "tokens", "score"]
+    test: Literal["wasserstein", "psi"]
+    statistic: float
+    threshold: float
+    drift: bool | None = Field(description="null while the window is under DRIFT_MIN_WINDOW")
+
+
+class DriftWordOut(BaseModel):
+    word: str
+    current_per_1k: float = Field(description="Occurrences per 1,000 in-vocabulary tokens")
+    reference_per_1k: float
+
+
+class DriftWordsOut(BaseModel):
+    gained: list[DriftWordOut]
+    lost: list[DriftWordOut]
+
+
+class DriftCheckOut(BaseModel):
+    at: str
+    texts: int
+    observed: int
+    drift: bool | None
+    drifted_features: list[str]
+    features: list[DriftFeatureOut]
+    words: DriftWordsOut
+
+
+class DriftWindowOut(BaseModel):
+    texts: int
+    max_texts: int
+    min_texts: int
+    observed: int
+
+
+class DriftReferenceOut(BaseModel):
+    texts: int
+    score_texts: int
+    weights_sha256: str
+    created: str
+
+
+class DriftModelOut(BaseModel):
+    model: str
+    monitored: bool
+    reason: str | None = Field(None, description="Why a model is not monitored")
+    drift: bool | None = None
+    window: DriftWindowOut | None = None
+    reference: DriftReferenceOut | None = None
+    check: DriftCheckOut | None = None
+
+
+class DriftSettingsOut(BaseModel):
+    window: int
+    min_window: int
+    check_every: int
+    check_interval_s: float
+    thresholds: dict[str, float]
+    tests: dict[str, str]
+
+
+class DriftResponse(BaseModel):
+    enabled: bool
+    settings: DriftSettingsOut | None = None
+    models: list[DriftModelOut]
 
 
 class HealthResponse(BaseModel):

@@ -1,7 +1,9 @@
 """From the aclImdb reviews to the four shipped artifacts.
 
 Stages: ``cnn`` trains the fp32 CNN; ``quantize`` derives the int8 and int4 variants from
-the fp32 artifact (int8 calibrated on training reviews); ``moe`` trains the Switch model.
+the fp32 artifact (int8 calibrated on training reviews); ``student`` distils the fp32 CNN
+into ``sentiment-student`` and writes the ``sentiment-cascade`` card (service/training/
+distill.py); ``moe`` trains the Switch model.
 Every artifact is evaluated on all of aclImdb/test after it is written, by loading it back
 the way the service does, and the figures go into its card.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from service.drift.profile import profile_artifact
 from service.models.artifacts import (
     VOCAB,
     folder_size,
@@ -40,7 +43,8 @@ from service.training.train import TrainConfig, train
 
 VALIDATION_FRACTION = 0.2
 MAX_TOKENS = 20_000
-STAGES = ("cnn", "quantize", "moe")
+STAGES = ("cnn", "quantize", "student", "moe", "hyperbole")
+HYPERBOLE_DATA = "hypo_hyperbole.jsonl.gz"  # looked for beside the aclImdb data
 CALIBRATION_REVIEWS = 2_000
 
 
@@ -63,6 +67,10 @@ class BuildContext:
             "test": len(self.splits.test),
             "seed": self.seed,
         }
+
+    def profile_source(self) -> dict:
+        dataset = self.data_card()["dataset"]
+        return {"dataset": dataset, "file": self.data.name, "split": "train", "seed": self.seed}
 
     def test_set(self) -> tuple[list[str], list[int]]:
         return [r.text for r in self.splits.test], [r.label for r in self.splits.test]
@@ -103,6 +111,9 @@ def _write(ctx: BuildContext, name: str, tensors: dict, vectorizer: Vectorizer, 
         k: v for k, v in result.items() if k in ("n", "accuracy", "expert_share", "drop_rate")
     }
     write_card(folder, card)
+    # The drift reference profile (service/drift/profile.py): part of the artifact's size.
+    train_texts = [r.text for r in ctx.splits.train]
+    profile_artifact(folder, train_texts, source=ctx.profile_source(), seed=ctx.seed, log=ctx.log)
     card["size_bytes"] = folder_size(folder)
     write_card(folder, card)  # size_bytes counts the card as written before it
     ctx.log(f"{name}: test accuracy {result['accuracy']:.4f}, {card['size_bytes']:,} bytes")
@@ -251,6 +262,39 @@ def build(
     moe_epochs: int = 3,
     command: str = "",
     log: Callable[[str], None] = print,
+    hyperbole_data: Path | None = None,
+    hyperbole_epochs: int = 12,
+) -> list[dict]:
+    cards = []
+    if any(stage != "hyperbole" for stage in stages):
+        cards = _build_sentiment(data, out, stages, seed, cnn_epochs, moe_epochs, command, log)
+    if "hyperbole" in stages:
+        from service.training.hyperbole import build_hyperbole
+
+        hyperbole_data = hyperbole_data or Path(data).parent / HYPERBOLE_DATA
+        if not hyperbole_data.is_file():
+            raise FileNotFoundError(
+                f"no HYPO sentences at {hyperbole_data} for the hyperbole adapter: give "
+                "--hyperbole-data PATH, or train --only cnn / moe"
+            )
+        log(f"reading {hyperbole_data}")
+        cards.append(
+            build_hyperbole(
+                hyperbole_data, out, seed=seed, epochs=hyperbole_epochs, command=command, log=log
+            )
+        )
+    return cards
+
+
+def _build_sentiment(
+    data: Path,
+    out: Path,
+    stages: Sequence[str],
+    seed: int,
+    cnn_epochs: int,
+    moe_epochs: int,
+    command: str,
+    log: Callable[[str], None],
 ) -> list[dict]:
     log(f"reading {data}")
     splits = split_reviews(read_aclimdb(data), VALIDATION_FRACTION, seed)
@@ -264,6 +308,11 @@ def build(
         cards.append(build_cnn(ctx, cnn_epochs))
     if "quantize" in stages:
         cards.extend(build_quantized(ctx))
+    if "student" in stages:  # distilled from the fp32 CNN; the cascade adds the int8 CNN
+        from service.training.distill import build_cascade, build_student
+
+        cards.append(build_student(ctx))
+        cards.append(build_cascade(ctx))
     if "moe" in stages:
         cards.append(build_moe(ctx, moe_epochs))
     return cards

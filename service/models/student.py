@@ -1,0 +1,97 @@
+"""The distilled student: embedding 32 wide, one Dense layer applied to every token in place
+of the CNN's convolutions, global max pool, Dense 32, one logit.
+
+Shipped with an int8 embedding (symmetric, one scale per row) and fp32 dense layers. Served
+by :class:`FoldedStudent`: the per-token Dense + ReLU depends on the token id alone, so at
+load it is folded into a ``[vocab, hidden]`` table, and a forward is one gather, one max
+and the small head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+INT8_MAX = 127
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    vocab_size: int = 10_000
+    sequence_length: int = 500
+    embed_dim: int = 32
+    token_hidden: int = 32  # the per-token Dense layer (in place of the convolutions)
+    hidden: int = 32
+    dropout: float = 0.3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class StudentClassifier(nn.Module):
+    """Embedding -> Dense + ReLU per token -> global max pool -> Dense 32 + ReLU -> logit."""
+
+    def __init__(self, config: StudentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.token_dense = nn.Linear(config.embed_dim, config.token_hidden)
+        self.dense = nn.Linear(config.token_hidden, config.hidden)
+        self.output = nn.Linear(config.hidden, 1)
+        self.dropout = nn.Dropout(config.dropout)
+        nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
+        for layer in (self.token_dense, self.dense, self.output):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of the positive class, [batch]."""
+        x = torch.relu(self.token_dense(self.dropout(self.embedding(token_ids))))
+        pooled = x.amax(dim=1)
+        return self.output(self.dropout(torch.relu(self.dense(pooled)))).squeeze(-1)
+
+
+def student_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The shipped tensors: int8 embedding rows with fp16 scales, the rest fp32."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    weight = state.pop("embedding.weight").float()
+    scale = (weight.abs().amax(dim=1).clamp(min=1e-8) / INT8_MAX).half()
+    q = torch.round(weight / scale.float()[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return {"embedding.q": q, "embedding.scale": scale, **{k: v.float() for k, v in state.items()}}
+
+
+class FoldedStudent(nn.Module):
+    """Inference form of the shipped student: ``relu(E W^T + b)`` precomputed per token."""
+
+    table: torch.Tensor
+    dense_weight: torch.Tensor
+    dense_bias: torch.Tensor
+    output_weight: torch.Tensor
+    output_bias: torch.Tensor
+
+    def __init__(self, config: StudentConfig, tensors: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.config = config
+        embedding = tensors["embedding.q"].float() * tensors["embedding.scale"].float()[:, None]
+        if embedding.shape != (config.vocab_size, config.embed_dim):
+            raise ValueError(f"embedding shape {tuple(embedding.shape)} does not match {config}")
+        table = torch.relu(
+            embedding @ tensors["token_dense.weight"].t() + tensors["token_dense.bias"]
+        )
+        self.register_buffer("table", table.contiguous())
+        self.register_buffer("dense_weight", tensors["dense.weight"].t().contiguous())
+        self.register_buffer("dense_bias", tensors["dense.bias"].clone())
+        self.register_buffer("output_weight", tensors["output.weight"].reshape(-1).clone())
+        self.register_buffer("output_bias", tensors["output.bias"].clone())
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        # Gather, max pool (faster than embedding_bag's max mode on CPU), the small head.
+        pooled = F.embedding(token_ids, self.table).amax(dim=1)
+        # Broadcast products, not a matrix product: each row's sums then run in the same order
+        # whatever the batch size, so a text scores exactly the same alone and in a batch
+        # (as fast as F.linear at these sizes).
+        hidden = torch.relu((pooled[:, :, None] * self.dense_weight).sum(1) + self.dense_bias)
+        return (hidden * self.output_weight).sum(-1) + self.output_bias
