@@ -29,7 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from service.models.adapters import ADAPTERS_FOLDER
+from service.models.adapters import ADAPTERS_FOLDER, AdapterArtifact, read_adapter
 from service.models.artifacts import NAMES, PACKAGE_ARTIFACTS
 from service.models.cascade import CascadeModel, is_cascade
 from service.models.lora import BASE_ROW
@@ -168,9 +168,7 @@ def time_adapter(root: Path, repeats: int) -> dict[tuple[str, int], dict]:
     return rows
 
 
-def _artifact_of(root: Path, base: LoadedModel):  # noqa: ANN202 - a bench helper
-    from service.models.adapters import read_adapter
-
+def _artifact_of(root: Path, base: LoadedModel) -> AdapterArtifact:
     return read_adapter(root / ADAPTERS_FOLDER / ADAPTER, base.card)
 
 
@@ -297,7 +295,6 @@ def probe_memory(root: Path, copies: int, merge: bool) -> dict:
     """In this (fresh) process: resident memory of the fp32 base after it served a batch of
     32, then after attaching ``copies`` adapters (the shipped one, read ``copies`` times),
     then after one mixed batch of 32 over all of them. JSON on stdout."""
-    from service.models.adapters import read_adapter
     from service.models.registry import AdapterModel
 
     base = LoadedModel(root / "sentiment-cnn")

@@ -11,6 +11,11 @@ import sys
 from pathlib import Path
 
 
+def _log_to_stderr(message: str) -> None:
+    """Progress lines of the long commands; stdout keeps their results."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _data_path(args: argparse.Namespace) -> Path:
     if args.data:
         return Path(args.data)
@@ -46,7 +51,7 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
         command=command,
         hyperbole_data=Path(args.hyperbole_data) if getattr(args, "hyperbole_data", None) else None,
         hyperbole_epochs=getattr(args, "hyperbole_epochs", 12),
-        log=lambda message: print(message, file=sys.stderr, flush=True),
+        log=_log_to_stderr,
     )
     for card in cards:
         print(
@@ -109,8 +114,9 @@ def cmd_drift_profile(args: argparse.Namespace) -> int:
     names = args.model or [
         name for name in NAMES if (root / name).is_dir() and not is_cascade(root / name)
     ]  # a cascade has no vocabulary or texts of its own: its members have profiles
-    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    rebuild_profiles(_data_path(args), root, names, score_sample=args.score_sample, log=log)
+    rebuild_profiles(
+        _data_path(args), root, names, score_sample=args.score_sample, log=_log_to_stderr
+    )
     return 0
 
 

@@ -44,7 +44,9 @@ def _members(registry: ModelRegistry) -> tuple[LoadedModel, LoadedModel]:
     return student, teacher
 
 
-def _check_escalation(cascade: CascadeModel, student, teacher, texts: list[str]) -> int:  # noqa: ANN001
+def _check_escalation(
+    cascade: CascadeModel, student: LoadedModel, teacher: LoadedModel, texts: list[str]
+) -> int:
     """Every text below the threshold (student confidence) has the int8 CNN's answer, every
     other the student's; returns how many escalated."""
     predictions = cascade.predict(texts)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import json
 import os
 import random
@@ -289,9 +290,7 @@ def run_report(args: argparse.Namespace) -> int:
     from service.models.artifacts import PACKAGE_ARTIFACTS
 
     settings = Settings()
-    try:
-        import evidently  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("evidently") is None:
         print("error: the drift report needs Evidently: pip install -e '.[drift]'", file=sys.stderr)
         return 2
     current = _sample(read_texts(Path(args.current), args.current_split), args.sample, args.seed)

@@ -9,17 +9,19 @@ labels the student may see (``labelled``); the KL term counts every review.
 
 from __future__ import annotations
 
-import copy
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
-from service.training.train import seed_everything
+from service.training.train import TrainConfig, TrainResult, train
+
+if TYPE_CHECKING:
+    from service.models.registry import ServedModel
+    from service.training.build import BuildContext
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,17 @@ class DistillConfig:
     temperature: float = 10.0
     alpha: float = 0.1  # weight of the hard-label BCE; 1 - alpha weighs the KL
     checks_per_epoch: int = 2
+
+    def training(self) -> TrainConfig:
+        """The shared loop's settings (AdamW, one-cycle, best-validation checkpoint)."""
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            max_lr=self.max_lr,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+            checks_per_epoch=self.checks_per_epoch,
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -82,24 +95,6 @@ def distillation_loss(
     return config.alpha * bce + (1 - config.alpha) * kl
 
 
-@dataclass
-class DistillResult:
-    model: nn.Module
-    best_epoch: float
-    best_val_accuracy: float
-    history: list[dict] = field(default_factory=list)
-
-
-@torch.inference_mode()
-def _accuracy(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> float:
-    model.eval()
-    correct = 0
-    for start in range(0, len(ids), 500):
-        logits = model(ids[start : start + 500])
-        correct += int(((logits > 0).long() == labels[start : start + 500]).sum())
-    return correct / max(1, len(ids))
-
-
 def distill(
     model: nn.Module,
     ids: torch.Tensor,
@@ -111,67 +106,24 @@ def distill(
     config: DistillConfig,
     desc: str = "student",
     log: Callable[[str], None] = print,
-) -> DistillResult:
+) -> TrainResult:
     """Train ``model`` on ``ids``: BCE on the rows where ``labelled`` is true, and (with a
-    teacher) KL to ``teacher_logits`` on every row. Keeps the best-validation checkpoint."""
-    seed_everything(config.seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay
-    )
-    steps_per_epoch = (len(ids) + config.batch_size - 1) // config.batch_size
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.max_lr, total_steps=config.epochs * steps_per_epoch
-    )
-    generator = torch.Generator().manual_seed(config.seed)
-    checks = {
-        round(steps_per_epoch * (i + 1) / config.checks_per_epoch) - 1
-        for i in range(config.checks_per_epoch)
-    }
-    best_state, best_acc, best_epoch = None, -1.0, 0.0
-    history: list[dict] = []
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = torch.randperm(len(ids), generator=generator)
-        total, seen = 0.0, 0
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"{desc} epoch {epoch}/{config.epochs}",
-            unit="batch",
-            leave=False,
-            mininterval=1.0,
-        )
-        for step in bar:
-            index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            teacher = teacher_logits[index] if teacher_logits is not None else None
-            loss = distillation_loss(
-                model(ids[index]), teacher, labels[index], labelled[index], config
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(index)
-            seen += len(index)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{total / seen:.4f}")
-            if step not in checks:
-                continue
-            val_acc = _accuracy(model, val_ids, val_labels)
-            model.train()
-            at = round(epoch - 1 + (step + 1) / steps_per_epoch, 2)
-            history.append({"epoch": at, "train_loss": total / seen, "val_accuracy": val_acc})
-            bar.write(
-                f"{desc} epoch {at}: loss {total / seen:.4f} val acc {val_acc:.4f}", file=sys.stderr
-            )
-            if val_acc > best_acc:
-                best_acc, best_epoch = val_acc, at
-                best_state = copy.deepcopy(model.state_dict())
-        bar.close()
-        log(f"{desc} epoch {epoch} done; best val acc so far {best_acc:.4f} at {best_epoch}")
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
-    return DistillResult(model, best_epoch, best_acc, history)
+    teacher) KL to ``teacher_logits`` on every row; the shared training loop keeps the
+    best-validation checkpoint. Its running train accuracy is against the targets: the
+    label where one is used, else the teacher's answer."""
+
+    def batch_loss(module: nn.Module, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = module(ids[index])
+        teacher = teacher_logits[index] if teacher_logits is not None else None
+        return logits, distillation_loss(logits, teacher, labels[index], labelled[index], config)
+
+    targets = labels
+    if teacher_logits is not None:
+        targets = torch.where(labelled, labels, (teacher_logits > 0).long())
+    return train(
+        model, ids, targets, val_ids, val_labels, config.training(), desc=desc, log=log,
+        batch_loss=batch_loss,
+    )  # fmt: skip
 
 
 def confidence(p_positive: torch.Tensor) -> torch.Tensor:
@@ -227,7 +179,7 @@ def _logits(module: nn.Module, ids: torch.Tensor, batch: int = 250) -> torch.Ten
         return torch.cat([module(ids[i : i + batch]) for i in range(0, len(ids), batch)])
 
 
-def _probabilities(model, texts: Sequence[str], batch: int = 250) -> torch.Tensor:  # noqa: ANN001
+def _probabilities(model: ServedModel, texts: Sequence[str], batch: int = 250) -> torch.Tensor:
     return torch.tensor(
         [p for i in range(0, len(texts), batch) for p in model.predict_proba(texts[i : i + batch])]
     )
@@ -237,7 +189,7 @@ def _student_ids(teacher_ids: torch.Tensor, vocab: int) -> torch.Tensor:
     return torch.where(teacher_ids < vocab, teacher_ids, 1)
 
 
-def build_student(ctx, epochs: int = 12) -> dict:  # noqa: ANN001 - a BuildContext
+def build_student(ctx: BuildContext, epochs: int = 12) -> dict:
     """Distil the fp32 CNN artifact into ``sentiment-student``; also train the same
     architecture on the labelled reviews alone and record both in the card."""
     from service.models.artifacts import VOCAB, read_artifact
@@ -346,7 +298,7 @@ def build_student(ctx, epochs: int = 12) -> dict:  # noqa: ANN001 - a BuildConte
     return card
 
 
-def build_cascade(ctx) -> dict:  # noqa: ANN001 - a BuildContext
+def build_cascade(ctx: BuildContext) -> dict:
     """Choose the cascade's threshold on the validation reviews, write its card, measure it
     on the test reviews as served."""
     import datetime as dt

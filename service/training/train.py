@@ -98,6 +98,10 @@ def accuracy(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, batch: i
     return correct / max(1, len(ids))
 
 
+# The loss of one batch: (model, the batch's row indices) -> (logits, loss).
+BatchLoss = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 def train(
     model: nn.Module,
     train_ids: torch.Tensor,
@@ -107,7 +111,10 @@ def train(
     config: TrainConfig,
     desc: str = "train",
     log: Callable[[str], None] = print,
+    batch_loss: BatchLoss | None = None,
 ) -> TrainResult:
+    """``batch_loss`` replaces the classification loss (e.g. distillation); the running
+    train accuracy is then measured against ``train_labels``, the targets it trains for."""
     seed_everything(config.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay
@@ -143,7 +150,10 @@ def train(
         for step in bar:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
             ids, labels = train_ids[index], train_labels[index]
-            logits, loss = forward_loss(model, ids, labels)
+            if batch_loss is None:
+                logits, loss = forward_loss(model, ids, labels)
+            else:
+                logits, loss = batch_loss(model, index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
