@@ -7,6 +7,8 @@ this class); names are the upper-case field names (``guard_model`` -> ``GUARD_MO
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -24,6 +26,40 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+def parse_push_host(entry: str) -> tuple[str, int | None]:
+    """An A2A_PUSH_ALLOWED_HOSTS entry as (host, port or None): ``host``, ``host:port``,
+    ``[v6 address]`` or ``[v6 address]:port``, ``*.domain`` or ``*``; the host lower-cased,
+    an IP address in its canonical form. ValueError for anything else (a URL, a path)."""
+    text = entry.strip().lower()
+    if "/" in text or "@" in text:
+        raise ValueError(f"A2A_PUSH_ALLOWED_HOSTS entry {entry!r}: a host, not a URL")
+    host, port = text, ""
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise ValueError(f"A2A_PUSH_ALLOWED_HOSTS entry {entry!r}: write [address]:port")
+        port = port[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    if port and not (port.isdecimal() and port.isascii() and 0 < int(port) < 65536):
+        raise ValueError(f"A2A_PUSH_ALLOWED_HOSTS entry {entry!r}: bad port {port!r}")
+    try:
+        host = ipaddress.ip_address(host).compressed
+    except ValueError:
+        name = host.removeprefix("*.") if host != "*" else "x"
+        labels = name.rstrip(".").split(".")
+        if not all(_HOST_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(
+                f"A2A_PUSH_ALLOWED_HOSTS entry {entry!r} is not a host name, address, "
+                "*.domain or * (no scheme, no path)"
+            ) from None
+        host = host.rstrip(".")
+    return host, int(port) if port else None
+
+
+_HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 class Settings(BaseSettings):
@@ -170,13 +206,36 @@ class Settings(BaseSettings):
     a2a_hyperbole_model: str = "hyperbole-lora"
     # Model behind the A2A skill "sentiment-cascade".
     a2a_cascade_model: str = "sentiment-cascade"
+    # A2A push notifications: the webhook hosts the agent may POST task updates to, as
+    # host, host:port, [v6 address]:port, *.domain or * (comma-separated). A host named
+    # exactly may resolve to any address; one matched by * or *.domain only to public ones.
+    # Empty: push notifications are off.
+    a2a_push_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Seconds one webhook call may take (connect, send, answer); redirects are not followed.
+    a2a_push_timeout: float = Field(5.0, gt=0, le=60)
+    # Retries of a webhook call that failed (timeout, connection, 408, 425, 429, 5xx), and
+    # the pause before the first one, doubled before each next one (at most 30 s).
+    a2a_push_retries: int = Field(3, ge=0, le=10)
+    a2a_push_retry_backoff: float = Field(0.5, ge=0, le=30)
 
     @field_validator(
-        "models", "adapters_merge", "api_tokens", "guard_block_categories", mode="before"
+        "models",
+        "adapters_merge",
+        "api_tokens",
+        "guard_block_categories",
+        "a2a_push_allowed_hosts",
+        mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("a2a_push_allowed_hosts")
+    @classmethod
+    def _push_hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_push_host(entry)  # raises ValueError naming the entry
+        return [entry.lower() for entry in value]
 
     @field_validator("guard_block_categories")
     @classmethod

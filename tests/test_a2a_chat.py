@@ -27,10 +27,23 @@ from a2a.types import AgentCard, Message, Part, Role, SendMessageRequest, TaskSt
 from service.a2a.card import extended_card, public_card
 from service.a2a.skills import SKILLS
 from service.config import Settings
+from tests.a2a_wire import (
+    API_IDS,
+    APIS,
+    V1,
+    Api,
+    ApiError,
+    Event,
+    history,
+    reply_artifacts,
+    state_of,
+    status_data,
+    status_text,
+    task_id_of,
+)
 from tests.helpers import ServerProcess, h2_client, running_server, start_server
 from tests.ollama_double import OllamaDouble
 
-V1 = {"A2A-Version": "1.0"}
 CHUNK_TOKENS = 4
 MAX_MESSAGES = 4  # two turns and their replies... and a third message is one too many
 REPLIES = [
@@ -71,211 +84,6 @@ async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-# --- one client for every protocol version and binding -------------------------------------------
-
-
-class ApiError(Exception):
-    def __init__(self, code: int, status: str | None, message: str) -> None:
-        super().__init__(f"{code} {status or ''}: {message}")
-        self.code, self.status, self.message = code, status, message
-
-
-@dataclass
-class Event:
-    kind: str  # "task" | "status" | "artifact"
-    raw: dict[str, Any]
-    at: float = field(default_factory=time.monotonic)
-
-    @property
-    def state(self) -> str:
-        return _state(self.raw["status"]["state"])
-
-    @property
-    def text(self) -> str:
-        if self.kind == "artifact":
-            return "".join(_texts(self.raw["artifact"]))
-        return "".join(_texts(self.raw["status"].get("message", {})))
-
-
-def _state(value: str) -> str:
-    """'input-required' for TASK_STATE_INPUT_REQUIRED (1.0) and input-required (0.3);
-    'canceled' also for the 0.3 protobuf's TASK_STATE_CANCELLED."""
-    state = value.removeprefix("TASK_STATE_").lower().replace("_", "-")
-    return "canceled" if state == "cancelled" else state
-
-
-def _texts(holder: dict[str, Any]) -> list[str]:
-    """The texts of a message or artifact in any of the wire forms (1.0 "parts" of
-    {"text"}; 0.3 JSON-RPC "parts" of {"kind": "text", "text"}; 0.3 HTTP+JSON "content")."""
-    parts = holder.get("parts", holder.get("content", []))
-    return [part["text"] for part in parts if "text" in part]
-
-
-def _role(message: dict[str, Any]) -> str:
-    return message["role"].removeprefix("ROLE_").lower()
-
-
-def history(task: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(_role(m), "".join(_texts(m))) for m in task.get("history", [])]
-
-
-def reply_artifacts(task: dict[str, Any]) -> dict[str, str]:
-    return {a["artifactId"]: "".join(_texts(a)) for a in task.get("artifacts", [])}
-
-
-def status_text(task: dict[str, Any]) -> str:
-    return "".join(_texts(task["status"].get("message", {})))
-
-
-def status_data(task: dict[str, Any]) -> dict[str, Any]:
-    message = task["status"]["message"]
-    parts = message.get("parts", message.get("content", []))
-    [data] = [p["data"] for p in parts if "data" in p]
-    return data.get("data", data) if set(data) == {"data"} else data  # 0.3 HTTP+JSON nesting
-
-
-@dataclass
-class Api:
-    """One protocol version over one binding."""
-
-    http: httpx.AsyncClient
-    binding: str  # "jsonrpc" | "rest"
-    version: str  # "1.0" | "0.3"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return V1 if self.version == "1.0" else {}
-
-    def message(
-        self, text: str, *, task_id: str | None = None, skill: str | None = "chat", **extra: Any
-    ) -> dict[str, Any]:
-        message: dict[str, Any] = {"messageId": uuid.uuid4().hex, **extra}
-        if self.binding == "jsonrpc" and self.version == "0.3":
-            message |= {
-                "role": "user",
-                "kind": "message",
-                "parts": [{"kind": "text", "text": text}],
-            }
-        elif self.binding == "rest" and self.version == "0.3":
-            message |= {"role": "ROLE_USER", "content": [{"text": text}]}
-        else:
-            message |= {"role": "ROLE_USER", "parts": [{"text": text}]}
-        if task_id:
-            message["taskId"] = task_id
-        if skill:
-            message["metadata"] = {"skill": skill}
-        return message
-
-    async def _rpc(self, method: str, params: dict[str, Any]) -> Any:
-        request_id = uuid.uuid4().hex
-        body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-        response = await self.http.post("/a2a/jsonrpc", json=body, headers=self.headers)
-        assert response.http_version == "HTTP/2" and response.status_code == 200, response.text
-        answer = response.json()
-        assert answer["id"] == request_id
-        if "error" in answer:
-            error = answer["error"]
-            raise ApiError(error["code"], None, error["message"])
-        return answer["result"]
-
-    async def _rest(self, method: str, path: str, **kwargs: Any) -> Any:
-        prefix = "/a2a/rest/v1" if self.version == "0.3" else "/a2a/rest"
-        response = await self.http.request(method, prefix + path, headers=self.headers, **kwargs)
-        assert response.http_version == "HTTP/2"
-        answer = response.json()
-        if response.status_code != 200:
-            error = answer["error"]
-            assert error["code"] == response.status_code
-            raise ApiError(response.status_code, error["status"], error["message"])
-        return answer
-
-    def _task(self, result: dict[str, Any]) -> dict[str, Any]:
-        if self.binding == "jsonrpc" and self.version == "0.3":
-            assert result["kind"] == "task", result
-            return result
-        return result["task"]
-
-    async def send(
-        self, message: dict[str, Any], configuration: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        params: dict[str, Any] = {"message": message}
-        if configuration:
-            params["configuration"] = configuration
-        if self.binding == "jsonrpc":
-            method = "SendMessage" if self.version == "1.0" else "message/send"
-            return self._task(await self._rpc(method, params))
-        return self._task(await self._rest("POST", "/message:send", json=params))
-
-    async def say(self, text: str, task_id: str | None = None, **extra: Any) -> dict[str, Any]:
-        return await self.send(self.message(text, task_id=task_id, **extra))
-
-    async def get(self, task_id: str, history_length: int | None = None) -> dict[str, Any]:
-        if self.binding == "jsonrpc":
-            params: dict[str, Any] = {"id": task_id}
-            if history_length is not None:
-                params["historyLength"] = history_length
-            return await self._rpc("GetTask" if self.version == "1.0" else "tasks/get", params)
-        query = {} if history_length is None else {"historyLength": history_length}
-        return await self._rest("GET", f"/tasks/{task_id}", params=query)
-
-    async def cancel(self, task_id: str) -> dict[str, Any]:
-        if self.binding == "jsonrpc":
-            method = "CancelTask" if self.version == "1.0" else "tasks/cancel"
-            return await self._rpc(method, {"id": task_id})
-        return await self._rest("POST", f"/tasks/{task_id}:cancel", json={})
-
-    async def stream(self, message: dict[str, Any]) -> list[Event]:
-        if self.binding == "jsonrpc":
-            method = "SendStreamingMessage" if self.version == "1.0" else "message/stream"
-            return await self._sse("/a2a/jsonrpc", method, {"message": message})
-        return await self._sse("/message:stream", None, {"message": message})
-
-    async def subscribe(self, task_id: str) -> list[Event]:
-        if self.binding == "jsonrpc":
-            method = "SubscribeToTask" if self.version == "1.0" else "tasks/resubscribe"
-            return await self._sse("/a2a/jsonrpc", method, {"id": task_id})
-        return await self._sse(f"/tasks/{task_id}:subscribe", None, {})
-
-    async def _sse(self, path: str, method: str | None, params: dict[str, Any]) -> list[Event]:
-        if method is not None:
-            body: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-        else:
-            path = ("/a2a/rest/v1" if self.version == "0.3" else "/a2a/rest") + path
-            body = params
-        events: list[Event] = []
-        async with self.http.stream("POST", path, json=body, headers=self.headers) as response:
-            assert response.http_version == "HTTP/2"
-            if not response.headers["content-type"].startswith("text/event-stream"):
-                answer = json.loads(await response.aread())
-                error = answer["error"]
-                raise ApiError(error["code"], error.get("status"), error["message"])
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    events.append(self._event(json.loads(line[5:])))
-        return events
-
-    def _event(self, payload: dict[str, Any]) -> Event:
-        if "error" in payload:
-            error = payload["error"]
-            raise ApiError(error["code"], error.get("status"), error["message"])
-        result = payload["result"] if self.binding == "jsonrpc" else payload
-        if self.binding == "jsonrpc" and self.version == "0.3":
-            kinds = {"task": "task", "status-update": "status", "artifact-update": "artifact"}
-            return Event(kinds[result["kind"]], result)
-        [(key, value)] = result.items()
-        kinds = {"task": "task", "statusUpdate": "status", "artifactUpdate": "artifact"}
-        return Event(kinds[key], value)
-
-
-APIS = [("jsonrpc", "1.0"), ("jsonrpc", "0.3"), ("rest", "1.0"), ("rest", "0.3")]
-API_IDS = [f"{binding}-{version}" for binding, version in APIS]
-
-
-def task_id_of(events: list[Event]) -> str:
-    first = events[0].raw
-    return first["id"] if events[0].kind == "task" else first["taskId"]
-
-
 def generated(double: OllamaDouble) -> list[list[dict[str, Any]]]:
     """The conversations the chat model was asked to continue."""
     return [request.body["messages"] for request in double.generation_requests]
@@ -294,7 +102,7 @@ async def test_a_two_turn_conversation_is_one_task(
 ) -> None:
     api = Api(http, binding, version)
     first = await api.say(FIRST)
-    assert _state(first["status"]["state"]) == "input-required"
+    assert state_of(first["status"]["state"]) == "input-required"
     assert status_text(first) == reply_of(FIRST)
     assert reply_artifacts(first) == {"chat-reply-1": reply_of(FIRST)}
     assert first["metadata"] == {"skill": "chat"}
@@ -309,7 +117,7 @@ async def test_a_two_turn_conversation_is_one_task(
     # The follow-up names only the task; the conversation comes from the store.
     second = await api.say(SECOND, task_id=first["id"], skill=None)
     assert second["id"] == first["id"] and second["contextId"] == first["contextId"]
-    assert _state(second["status"]["state"]) == "input-required"
+    assert state_of(second["status"]["state"]) == "input-required"
     assert status_text(second) == reply_of(SECOND)
     assert reply_artifacts(second) == {
         "chat-reply-1": reply_of(FIRST),
@@ -438,9 +246,9 @@ async def test_cancel_ends_a_waiting_conversation(
     api = Api(http, binding, version)
     first = await api.say(FIRST)
     canceled = await api.cancel(first["id"])
-    assert _state(canceled["status"]["state"]) == "canceled"
+    assert state_of(canceled["status"]["state"]) == "canceled"
     got = await api.get(first["id"])
-    assert _state(got["status"]["state"]) == "canceled"
+    assert state_of(got["status"]["state"]) == "canceled"
     # The conversation so far stays on the task: the reply was released, it passed.
     assert reply_artifacts(got) == {"chat-reply-1": reply_of(FIRST)}
     assert ("agent", reply_of(FIRST)) in [*history(got), ("agent", status_text(got))]
@@ -464,10 +272,10 @@ async def test_cancel_while_a_reply_streams(
             break
         await asyncio.sleep(0.02)
     canceled = await api.cancel(task["id"])
-    assert _state(canceled["status"]["state"]) == "canceled"
+    assert state_of(canceled["status"]["state"]) == "canceled"
     await asyncio.sleep(0.5)  # a turn that went on would publish more chunks by now
     got = await api.get(task["id"])
-    assert _state(got["status"]["state"]) == "canceled"
+    assert state_of(got["status"]["state"]) == "canceled"
     released = reply_artifacts(got)["chat-reply-1"]
     assert released and reply_of(FIRST).startswith(released) and released != reply_of(FIRST)
 
@@ -480,7 +288,7 @@ async def test_a_blocked_turn_ends_the_conversation_rejected(
     api = Api(http, "jsonrpc", version)
     first = await api.say(FIRST)
     blocked = await api.say("And how do I build a bomb?", task_id=first["id"], skill=None)
-    assert _state(blocked["status"]["state"]) == "rejected"
+    assert state_of(blocked["status"]["state"]) == "rejected"
     assert status_text(blocked) == (
         "rejected: the guard judged the input unsafe: S9 Indiscriminate Weapons"
     )
@@ -502,7 +310,7 @@ async def test_a_blocked_first_message_is_rejected(
 ) -> None:
     double_replies.set_rules([("bomb", "unsafe\nS9")])
     task = await Api(http, "rest", "1.0").say("How do I build a bomb?")
-    assert _state(task["status"]["state"]) == "rejected" and not task.get("artifacts")
+    assert state_of(task["status"]["state"]) == "rejected" and not task.get("artifacts")
     assert status_data(task)["stage"] == "input"
     assert double_replies.generation_requests == []
 
@@ -549,7 +357,7 @@ async def test_a_guard_outage_before_the_reply_fails_the_turn(
     first = await api.say(FIRST)
     double_replies.fail_next(10, status=500)
     failed = await api.say(SECOND, task_id=first["id"], skill=None)
-    assert _state(failed["status"]["state"]) == "failed"
+    assert state_of(failed["status"]["state"]) == "failed"
     assert status_data(failed) == {"reason": "guard-unavailable", "kind": "http", "retry_after": 7}
     assert "retry after 7 s" in status_text(failed)
     assert reply_artifacts(failed) == {"chat-reply-1": reply_of(FIRST)}
@@ -673,7 +481,7 @@ async def test_a_follow_up_to_a_completed_classification_is_refused(
 ) -> None:
     api = Api(http, binding, version)
     done = await api.say("A moving, beautifully acted film.", skill=None)
-    assert _state(done["status"]["state"]) == "completed"
+    assert state_of(done["status"]["state"]) == "completed"
     screens = len(double.chat_requests)
     with pytest.raises(ApiError) as refused:
         await api.say("And this one?", task_id=done["id"], skill=None)
@@ -683,7 +491,7 @@ async def test_a_follow_up_to_a_completed_classification_is_refused(
         assert refused.value.code == 400 and refused.value.status == "FAILED_PRECONDITION"
     assert f"task {done['id']} is completed" in refused.value.message
     got = await api.get(done["id"])
-    assert _state(got["status"]["state"]) == "completed" and len(got["history"]) == len(
+    assert state_of(got["status"]["state"]) == "completed" and len(got["history"]) == len(
         done["history"]
     )
     assert len(double.chat_requests) == screens and double.generation_requests == []
@@ -700,7 +508,7 @@ async def test_a_follow_up_while_the_reply_streams_is_refused(
     assert refused.value.code == UNSUPPORTED and "not finished" in refused.value.message
     for _ in range(200):
         got = await api.get(task["id"])
-        if _state(got["status"]["state"]) == "input-required":
+        if state_of(got["status"]["state"]) == "input-required":
             break
         await asyncio.sleep(0.05)
     assert history(got) == [("user", FIRST)] and len(double_replies.generation_requests) == 1
@@ -720,7 +528,7 @@ async def test_limits_refuse_a_turn_with_invalid_params(
         await api.say("   ", task_id=first["id"], skill=None)
     assert blank.value.code == expected
     second = await api.say(SECOND, task_id=first["id"], skill=None)
-    assert _state(second["status"]["state"]) == "input-required"
+    assert state_of(second["status"]["state"]) == "input-required"
     # A third message would make five messages; CHAT_MAX_MESSAGES is four.
     with pytest.raises(ApiError) as too_many:
         await api.say("A third question.", task_id=first["id"], skill=None)
@@ -728,7 +536,7 @@ async def test_limits_refuse_a_turn_with_invalid_params(
     assert "5 messages long; at most 4 (CHAT_MAX_MESSAGES)" in too_many.value.message
     # Refused before anything ran: the conversation still waits, unchanged.
     got = await api.get(first["id"])
-    assert _state(got["status"]["state"]) == "input-required" and len(got["history"]) == 3
+    assert state_of(got["status"]["state"]) == "input-required" and len(got["history"]) == 3
     assert len(double_replies.generation_requests) == 2
 
 
@@ -898,7 +706,7 @@ async def test_a_conversation_continues_on_another_replica_sharing_the_store(
     a, b = replicas
     async with h2_client(a) as on_a, h2_client(b) as on_b, h2_client(a) as stream_a:
         first = await Api(on_a, "jsonrpc", "1.0").say(FIRST)
-        assert _state(first["status"]["state"]) == "input-required"
+        assert state_of(first["status"]["state"]) == "input-required"
         # A person answers later than A releases its per-task object of turn one (a subscriber
         # on A within that moment would attach to A's own, idle, object).
         await asyncio.sleep(0.5)
@@ -912,7 +720,7 @@ async def test_a_conversation_continues_on_another_replica_sharing_the_store(
         )
         for _ in range(200):  # until B has started the turn
             got = await Api(on_a, "jsonrpc", "1.0").get(first["id"])
-            if _state(got["status"]["state"]) == "working":
+            if state_of(got["status"]["state"]) == "working":
                 break
             await asyncio.sleep(0.02)
         followed = await asyncio.wait_for(
@@ -938,9 +746,9 @@ async def test_a_conversation_continues_on_another_replica_sharing_the_store(
         assert history(got) == [("user", FIRST), ("agent", reply_of(FIRST)), ("user", SECOND)]
         assert status_text(got) == reply_of(SECOND)
         canceled = await Api(on_a, "jsonrpc", "1.0").cancel(first["id"])
-        assert _state(canceled["status"]["state"]) == "canceled"
+        assert state_of(canceled["status"]["state"]) == "canceled"
         got = await Api(on_b, "jsonrpc", "0.3").get(first["id"])
-        assert _state(got["status"]["state"]) == "canceled"
+        assert state_of(got["status"]["state"]) == "canceled"
         assert reply_artifacts(got) == {
             "chat-reply-1": reply_of(FIRST),
             "chat-reply-2": reply_of(SECOND),

@@ -228,3 +228,117 @@ async def test_the_rest_api_still_answers_and_the_card_names_a2a_rest(
     assert {url.split(":", 2)[-1].split("/", 1)[-1] for url in urls} == {"a2a/jsonrpc", "a2a/rest"}
     openapi = (await http.get("/openapi.json")).json()["paths"]
     assert "/a2a/rest/message:send" in openapi and "/message:send" not in openapi
+
+
+# --- 4. 0.3 HTTP+JSON inputs: role, snake_case query parameters, unread data parts ---------
+
+NO_ROLE = {
+    "1.0": ("/a2a/rest/message:send", V1,
+            {"message": {"messageId": "", "parts": [{"text": GOOD}]}}),
+    "0.3": ("/a2a/rest/v1/message:send", AUTH,
+            {"message": {"messageId": "", "content": [{"text": GOOD}]}}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("version", ["1.0", "0.3"])
+async def test_a_message_without_a_role_is_refused_on_http_json(
+    http: httpx.AsyncClient, version: str
+) -> None:
+    path, headers, message = NO_ROLE[version]
+    response = await http.post(path, json=_body(message), headers=headers)
+    assert response.http_version == "HTTP/2"
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["status"] == "INVALID_ARGUMENT"
+    assert "role" in json.dumps(error)
+    # The same message with its role completes.
+    message["message"]["role"] = "ROLE_USER"
+    response = await http.post(path, json=_body(message), headers=headers)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("headers", "prefix", "message"),
+    [(V1, "/a2a/rest", V10_MESSAGE), (AUTH, "/a2a/rest/v1", V03_MESSAGE)],
+    ids=["1.0", "0.3"],
+)
+async def test_a_snake_case_query_parameter_is_refused_naming_the_camel_case_one(
+    http: httpx.AsyncClient, headers: dict[str, str], prefix: str, message: dict[str, Any]
+) -> None:
+    sent = await http.post(f"{prefix}/message:send", json=_body(message), headers=headers)
+    task_id = sent.json()["task"]["id"]
+    for query in ("history_length=-1", "history_length=1"):
+        response = await http.get(f"{prefix}/tasks/{task_id}?{query}", headers=headers)
+        assert response.status_code == 400, response.text
+        assert "historyLength, not history_length" in response.json()["error"]["message"]
+    # camelCase, as the specification names it: refused when negative, honoured otherwise.
+    response = await http.get(f"{prefix}/tasks/{task_id}?historyLength=-1", headers=headers)
+    assert response.status_code == 400, response.text
+    whole = await http.get(f"{prefix}/tasks/{task_id}", headers=headers)
+    assert len(whole.json()["history"]) > 1
+    response = await http.get(f"{prefix}/tasks/{task_id}?historyLength=1", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["history"] == whole.json()["history"][-1:]
+    if prefix == "/a2a/rest":
+        response = await http.get(f"{prefix}/tasks?page_size=1", headers=headers)
+        assert response.status_code == 400 and "pageSize" in response.json()["error"]["message"]
+
+
+FOREIGN_DATA = {"source": "crm", "ticket": 42}
+# One message, a text beside a data part this agent does not read, on each binding.
+MIXED = {
+    "jsonrpc-1.0": ("/a2a/jsonrpc", V1, {"jsonrpc": "2.0", "id": 1, "method": "SendMessage",
+        "params": {"message": {"messageId": "", "role": "ROLE_USER",
+                               "parts": [{"text": GOOD}, {"data": FOREIGN_DATA}]}}}),
+    "jsonrpc-0.3": ("/a2a/jsonrpc", AUTH, {"jsonrpc": "2.0", "id": 1, "method": "message/send",
+        "params": {"message": {"messageId": "", "role": "user", "kind": "message",
+                               "parts": [{"kind": "text", "text": GOOD},
+                                         {"kind": "data", "data": FOREIGN_DATA}]}}}),
+    "rest-1.0": ("/a2a/rest/message:send", V1, {"message": {"messageId": "", "role": "ROLE_USER",
+        "parts": [{"text": GOOD}, {"data": FOREIGN_DATA}]}}),
+    "rest-0.3": ("/a2a/rest/v1/message:send", AUTH, {"message": {"messageId": "",
+        "role": "ROLE_USER", "content": [{"text": GOOD}, {"data": {"data": FOREIGN_DATA}}]}}),
+}  # fmt: skip
+
+
+def _with_id(body: dict[str, Any]) -> dict[str, Any]:
+    body = json.loads(json.dumps(body))
+    (body.get("params") or body)["message"]["messageId"] = uuid.uuid4().hex
+    return body
+
+
+def _parts_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    message = (body.get("params") or body)["message"]
+    parts: list[dict[str, Any]] = message.get("parts") or message["content"]
+    return parts
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()
+    return body.get("result", body) if "jsonrpc" in body else body
+
+
+@pytest.mark.parametrize("binding", list(MIXED))
+async def test_a_text_beside_a_data_part_the_agent_does_not_read_is_classified(
+    http: httpx.AsyncClient, binding: str
+) -> None:
+    path, headers, template = MIXED[binding]
+    response = await http.post(path, json=_with_id(template), headers=headers)
+    assert response.status_code == 200, response.text
+    body = _answer(response)
+    assert "error" not in body, body
+    task = body.get("task", body)
+    assert task["status"]["state"] in ("TASK_STATE_COMPLETED", "completed"), task
+    assert "positive" in json.dumps(task["artifacts"])
+
+    # Only the unread data part: nothing to work on, refused naming the keys it reads.
+    only_data = _with_id(template)
+    del _parts_of(only_data)[0]
+    refused = await http.post(path, json=only_data, headers=headers)
+    assert "none of the keys" in refused.text, refused.text
+    # A data part with a key it reads and an unknown one: a typo, refused naming it.
+    typo = _with_id(template)
+    data = {"text": GOOD, "modle": "switch-moe"}
+    _parts_of(typo)[1]["data"] = {"data": data} if binding == "rest-0.3" else data
+    refused = await http.post(path, json=typo, headers=headers)
+    assert "unknown keys ['modle']" in refused.text, refused.text

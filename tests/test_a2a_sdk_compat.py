@@ -277,6 +277,34 @@ async def test_requests_the_sdk_answers_as_internal_errors_get_the_protocol_erro
     assert await _answer(_our_app(_handler()), method, path, body, headers) == ours
 
 
+# Requests the SDK answers as if they were right (what is sent, the SDK's answer, ours): a
+# 0.3 HTTP+JSON message without a role (item 3), a snake_case query parameter the route
+# ignores (item 12). When a test fails on the SDK's answer, drop the check.
+SILENTLY_WRONG = [
+    ("rest-0.3-no-role", "POST", "/rest/v1/message:send",
+     json.dumps({"message": {"messageId": "m", "content": [{"text": "hi"}]}}).encode(), {},
+     200, 400),
+    ("rest-0.3-snake-history-length", "GET", "/rest/v1/tasks/x?history_length=-1", None, {},
+     404, 400),
+    ("rest-1.0-snake-history-length", "GET", "/rest/tasks/x?history_length=-1", None, V1,
+     404, 400),
+    ("rest-1.0-snake-page-size", "GET", "/rest/tasks?page_size=-1", None, V1, 200, 400),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "sdk", "ours"),
+    [case[1:] for case in SILENTLY_WRONG],
+    ids=[case[0] for case in SILENTLY_WRONG],
+)
+async def test_requests_the_sdk_takes_silently_get_the_protocol_error(
+    method: str, path: str, body: bytes | None, headers: dict, sdk: int, ours: int
+) -> None:
+    headers = {**JSON_CT, **headers}
+    assert await _answer(_sdk_app(_handler()), method, path, body, headers) == sdk
+    assert await _answer(_our_app(_handler()), method, path, body, headers) == ours
+
+
 def test_the_0_3_method_names_are_the_sdk_s() -> None:
     from a2a.compat.v0_3.jsonrpc_adapter import JSONRPC03Adapter
     from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
@@ -478,3 +506,71 @@ def test_the_sdk_still_drops_an_unknown_status_name_and_keeps_an_unknown_number(
     assert ParseDict({"status": 99}, ListTasksRequest(), ignore_unknown_fields=True).status == 99
     assert list_tasks_refusal(["TASK_STATE_BOGUS"]) and list_tasks_refusal([99])
     assert list_tasks_refusal(["TASK_STATE_COMPLETED", 3, "3"]) is None
+
+
+def test_the_sdk_still_merges_0_3_fields_into_the_card_and_we_serve_1_0_alone() -> None:
+    from a2a.server.request_handlers.response_helpers import agent_card_to_dict
+    from a2a.types import AgentCard
+    from google.protobuf.json_format import ParseDict, ParseError
+
+    from service.a2a.sdk_compat import card_view
+
+    card = public_card(Settings(_env_file=None, api_tokens="t"), "1")
+    merged = agent_card_to_dict(card)
+    assert "additionalInterfaces" in merged  # a 0.3 field in the SDK's card
+    with pytest.raises(ParseError):
+        ParseDict(merged, AgentCard())  # which a strict 1.0 parser refuses
+    assert ParseDict(card_view(card, v1=True), AgentCard()) == card
+
+
+async def test_the_sdk_dumps_the_0_3_http_json_card_in_the_json_rpc_form() -> None:
+    from a2a.compat.v0_3 import a2a_v0_3_pb2
+    from google.protobuf.json_format import ParseDict, ParseError
+
+    card = public_card(Settings(_env_file=None, api_tokens="t"), "1")
+    handler = DefaultRequestHandler(
+        agent_executor=_RecordingExecutor(),
+        task_store=InMemoryTaskStore(),
+        agent_card=card,
+        extended_agent_card=card,
+    )
+    answers = {}
+    for name, app in (("sdk", _sdk_app(handler)), ("ours", _our_app(handler))):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+            response = await client.get("/rest/v1/card")
+        assert response.status_code == 200, response.text
+        answers[name] = response.json()
+    assert answers["sdk"]["security"] == [{"bearer": []}]  # the JSON-RPC form
+    with pytest.raises(ParseError):
+        ParseDict(answers["sdk"], a2a_v0_3_pb2.AgentCard())
+    ours = ParseDict(answers["ours"], a2a_v0_3_pb2.AgentCard())
+    assert list(ours.security[0].schemes) == ["bearer"]
+    assert ours.name == card.name
+
+
+async def test_the_sdk_s_0_3_push_config_delete_answer_holds_no_result() -> None:
+    from a2a.server.tasks import InMemoryPushNotificationConfigStore
+    from a2a.types import TaskStatus
+
+    card = public_card(Settings(_env_file=None), "1")
+    card.capabilities.push_notifications = True
+    store = InMemoryTaskStore()
+    task = Task(id="t", context_id="c", status=TaskStatus(state=TaskState.TASK_STATE_COMPLETED))
+    await store.save(task, ServerCallContext())
+    handler = DefaultRequestHandler(
+        agent_executor=_RecordingExecutor(),
+        task_store=store,
+        agent_card=card,
+        push_config_store=InMemoryPushNotificationConfigStore(),
+    )
+    body = _rpc("tasks/pushNotificationConfig/delete", {"id": "t", "pushNotificationConfigId": "x"})
+    answers = {}
+    for name, app in (("sdk", _sdk_app(handler)), ("ours", _our_app(handler))):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+            response = await client.post("/rpc", content=body, headers=JSON_CT)
+        assert response.status_code == 200, response.text
+        answers[name] = response.json()
+    assert "result" not in answers["sdk"] and "error" not in answers["sdk"]  # no JSON-RPC answer
+    assert answers["ours"] == {"jsonrpc": "2.0", "id": 1, "result": None}

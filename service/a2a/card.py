@@ -97,7 +97,8 @@ def public_card(settings: Settings, version: str) -> AgentCard:
         supported_interfaces=interfaces(base),
         capabilities=AgentCapabilities(
             streaming=True,
-            push_notifications=False,
+            # On when A2A_PUSH_ALLOWED_HOSTS names a webhook host (service.a2a.push).
+            push_notifications=bool(settings.a2a_push_allowed_hosts),
             extended_agent_card=bool(settings.api_tokens),
         ),
         default_input_modes=INPUT_MODES,

@@ -12,8 +12,10 @@ Routes (URLs in the card follow PUBLIC_URL):
   ``/v1/message:send``, ``/v1/card``, ...), for clients that derive them from the agent's
   URL; the card names only ``/a2a/rest``, and the origin copies stay out of /openapi.json
 
-One request handler serves them all, with the task store from TASK_STORE_URL; the executor
-reaches the models and the guard only through the pipeline the composition root hands in.
+One request handler serves them all, with the task store from TASK_STORE_URL (and, when
+A2A_PUSH_ALLOWED_HOSTS is set, the push configs beside the tasks and the sender of push
+notifications: :mod:`service.a2a.push`); the executor reaches the models and the guard only
+through the pipeline the composition root hands in.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ from service.a2a.card import CARD_PATH, JSONRPC_PATH, REST_PATH, extended_card, 
 from service.a2a.chat_skill import IDLE_RELEASE, follow_up_parser, turn_timeout
 from service.a2a.executor import GuardedAgentExecutor
 from service.a2a.openapi import document_a2a
+from service.a2a.push import PushNotifications, create_push
 from service.a2a.sdk_compat import (
     GuardedRequestHandler,
     JobContextBuilder,
     card_routes,
     checked_jsonrpc_route,
+    create_rest_v03_push_delete_route,
     create_rest_v03_routes,
     rest_routes,
 )
@@ -68,9 +72,13 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
         sweep_interval=settings.task_store_sweep_interval,
         idle_after=settings.chat_idle_timeout,
     )
+    push = create_push(settings, storage)  # None: push notifications off
 
     async def interrupted(task: Task, context: ServerCallContext) -> Task:
-        return await interrupt(storage.store, task, context)
+        task = await interrupt(storage.store, task, context)
+        if storage.on_end is not None:
+            storage.on_end(task)
+        return task
 
     handler = GuardedRequestHandler(
         stale_after=stale_after,
@@ -78,6 +86,8 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
         agent_executor=GuardedAgentExecutor(pipeline),
         task_store=storage.store,
         agent_card=card,
+        push_config_store=push.store if push else None,
+        push_sender=push.sender if push else None,
         request_context_builder=JobContextBuilder(
             job_parser(pipeline, settings),
             task_store=storage.store,
@@ -101,6 +111,7 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
     jsonrpc = checked_jsonrpc_route(jsonrpc)
     # Protocol 0.3 first, as the SDK orders them; ours refuse before a stream starts.
     rest: list[BaseRoute] = list(create_rest_v03_routes(handler, path_prefix=REST_PATH))
+    rest.append(create_rest_v03_push_delete_route(handler, path_prefix=REST_PATH))
     rest += rest_routes(handler, path_prefix=REST_PATH)
     add_a2a_routes_to_fastapi(
         app,
@@ -111,8 +122,8 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
     # The HTTP+JSON routes at the origin too, as JSON-RPC is at "/" (not in /openapi.json:
     # the card and the document name the canonical /a2a/rest ones).
     app.router.routes.extend(origin_rest_routes(handler))
-    document_a2a(app)  # /openapi.json: the A2A operations as they answer
-    _wrap_lifespan(app, storage, handler)
+    document_a2a(app, push=push is not None)  # /openapi.json: the A2A operations as they answer
+    _wrap_lifespan(app, storage, handler, push)
     if settings.port == 0 and not settings.public_url:
         logger.warning(
             "PUBLIC_URL is not set and PORT is 0: the agent card's URLs name port 0; "
@@ -128,7 +139,11 @@ REST_API_PATHS = ("/v1/classify", "/v1/models", "/v1/moderate", "/v1/moderations
 def origin_rest_routes(handler: DefaultRequestHandler) -> list[BaseRoute]:
     """The 0.3 and 1.0 HTTP+JSON routes at the origin, out of the OpenAPI document."""
     routes: list[BaseRoute] = []
-    for route in [*create_rest_v03_routes(handler, path_prefix=""), *rest_routes(handler, "")]:
+    for route in [
+        *create_rest_v03_routes(handler, path_prefix=""),
+        create_rest_v03_push_delete_route(handler, path_prefix=""),
+        *rest_routes(handler, ""),
+    ]:
         if not isinstance(route, Route):
             raise TypeError(f"a2a-sdk gave a {type(route).__name__} for an HTTP+JSON route")
         if route.path.startswith(REST_API_PATHS):
@@ -146,9 +161,14 @@ def _serve(extended: AgentCard) -> Callable[[AgentCard, ServerCallContext], Any]
     return modify
 
 
-def _wrap_lifespan(app: FastAPI, storage: TaskStorage, handler: DefaultRequestHandler) -> None:
-    """Open the task store after the app's own startup; drain running tasks and close the
-    store before the app's own shutdown."""
+def _wrap_lifespan(
+    app: FastAPI,
+    storage: TaskStorage,
+    handler: DefaultRequestHandler,
+    push: PushNotifications | None,
+) -> None:
+    """Open the task store after the app's own startup; drain running tasks (and the push
+    notifications they leave) and close the store before the app's own shutdown."""
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
@@ -165,11 +185,16 @@ def _wrap_lifespan(app: FastAPI, storage: TaskStorage, handler: DefaultRequestHa
                     },
                 )
                 raise
-            logger.info("a2a agent ready", extra={"task_store": storage.description})
+            logger.info(
+                "a2a agent ready",
+                extra={"task_store": storage.description, "push_notifications": push is not None},
+            )
             try:
                 yield state
             finally:
                 await handler.aclose()
+                if push is not None:
+                    await push.aclose()
                 await storage.close()
 
     app.router.lifespan_context = lifespan

@@ -14,7 +14,8 @@ missing; and its request schemas close protobuf enums the SDK's parser leaves op
 unknown value is taken for the enum's zero). :func:`document_a2a` rewrites those
 operations after the SDK has written them.
 
-Push notifications are off: their routes are documented with the 400 they always answer.
+Push notification configs: with push notifications off (A2A_PUSH_ALLOWED_HOSTS empty) their
+routes are documented with the 400 they always answer; on, with what they answer then.
 """
 
 from __future__ import annotations
@@ -194,8 +195,8 @@ LIST_TASKS_QUERY = [
 ]
 
 # HTTP+JSON operations below REST_PATH (1.0) and REST_V03_PATH (0.3): what a success
-# carries (None: this agent never succeeds, push notifications being off), the statuses of
-# the binding's refusals, and the query parameters.
+# carries (None: this agent never succeeds: the push config routes with push notifications
+# off), the statuses of the binding's refusals, and the query parameters.
 _Op = tuple[str | None, str, tuple[int, ...], list[dict[str, Any]]]
 REST_OPERATIONS: dict[tuple[str, str], _Op] = {
     ("post", "/message:send"): ("json", "the task (or a message)", (400, 404), []),
@@ -212,6 +213,16 @@ REST_OPERATIONS: dict[tuple[str, str], _Op] = {
     ("get", "/tasks/{id}/pushNotificationConfigs/{push_id}"): (None, "", (400,), []),
     ("delete", "/tasks/{id}/pushNotificationConfigs/{push_id}"): (None, "", (400,), []),
 }
+# The push config routes with push notifications on (A2A_PUSH_ALLOWED_HOSTS set).
+_PUSH = "/tasks/{id}/pushNotificationConfigs"
+PUSH_OPERATIONS: dict[tuple[str, str], _Op] = {
+    ("post", _PUSH): ("json", "the stored push config (400: its URL, host, token or "
+                      "authentication refused)", (400, 404), []),
+    ("get", _PUSH): ("json", "the caller's push configs of the task", (400, 404), []),
+    ("get", _PUSH + "/{push_id}"): ("json", "the push config", (400, 404), []),
+    ("delete", _PUSH + "/{push_id}"): ("json", "nothing ({}): the config is deleted",
+                                       (400, 404), []),
+}  # fmt: skip
 
 REFUSALS = {
     400: "refused: invalid arguments (INVALID_ARGUMENT) or a failed precondition "
@@ -223,15 +234,15 @@ BODY_TOO_LARGE = "the body is larger than MAX_BODY_BYTES"
 UNAUTHORIZED = "API_TOKENS is set and the bearer token is missing or wrong"
 
 
-def document_a2a(app: FastAPI) -> None:
+def document_a2a(app: FastAPI, *, push: bool = False) -> None:
     """Make ``app.openapi()`` describe the A2A operations as they answer (call it after
-    the SDK has added its routes)."""
+    the SDK has added its routes); ``push``: push notifications are on."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if not app.openapi_schema:
             schema = build()
-            describe_a2a(schema)
+            describe_a2a(schema, push=push)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -239,8 +250,9 @@ def document_a2a(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def describe_a2a(schema: dict[str, Any]) -> None:
-    """Rewrite the A2A operations of an OpenAPI document in place."""
+def describe_a2a(schema: dict[str, Any], *, push: bool = False) -> None:
+    """Rewrite the A2A operations of an OpenAPI document in place (``push``: push
+    notifications are on)."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for name, component in COMPONENTS.items():
         components.setdefault(name, component)
@@ -260,9 +272,9 @@ def describe_a2a(schema: dict[str, Any]) -> None:
                     }
                 }
             elif path.startswith(REST_V03_PATH + "/"):
-                _rest(operation, method, path, path[len(REST_V03_PATH) :], "0.3", problem)
+                _rest(operation, method, path, path[len(REST_V03_PATH) :], "0.3", problem, push)
             elif path.startswith(REST_PATH + "/"):
-                _rest(operation, method, path, path[len(REST_PATH) :], "1.0", problem)
+                _rest(operation, method, path, path[len(REST_PATH) :], "1.0", problem, push)
 
 
 # The request bodies of the A2A operations, and every schema they reference.
@@ -368,8 +380,11 @@ def _rest(
     suffix: str,
     version: str,
     problem: dict[str, Any],
+    push: bool = False,
 ) -> None:
-    known = REST_OPERATIONS.get((method, suffix))
+    known = (push and PUSH_OPERATIONS.get((method, suffix))) or REST_OPERATIONS.get(
+        (method, suffix)
+    )
     if known is None:
         return
     carries, description, refusals, query = known

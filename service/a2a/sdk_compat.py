@@ -33,13 +33,18 @@ minor release so that such a change is an explicit upgrade.
      ``{"data": {"data": {...}}}`` or ``{"file": {...}}``. A message in the JSON-RPC shape
      (``parts`` of ``{"kind": ...}`` objects) would parse to a message without parts and be
      refused with a misleading "parts must contain at least one element"; here it is
-     refused naming the shape this binding takes.
+     refused naming the shape this binding takes. The 0.3 proto leaves ``role`` optional
+     (``ROLE_UNSPECIFIED``) and the SDK's conversion makes such a message a user's; the
+     specification requires a role, so a message without one is refused as on every other
+     binding.
 4. The in-memory task store forgets tasks by owner scope and terminal state, with the SDK's
    own definitions of both (:data:`TERMINAL_TASK_STATES`, :func:`resolve_user_scope`).
 5. The client keeps the card it was built from only in a private attribute (:func:`card_of`).
 6. The SQL task store's table (``DatabaseTaskStore.task_model``: ``id``, ``owner``,
    ``status`` as JSON, ``last_updated``) is read across owners to delete expired tasks and to
-   end interrupted ones (:func:`rows_updated_before`, :func:`delete_rows`).
+   end interrupted ones (:func:`rows_updated_before`, :func:`delete_rows`); the push configs
+   of deleted tasks go too (``DatabasePushNotificationConfigStore.config_model``:
+   :func:`delete_push_configs`).
 7. Subscribing to a task that no coroutine of this process runs (it runs on another replica
    sharing the store, or its process died) would wait forever on an event queue nobody
    feeds: :class:`GuardedRequestHandler` then follows the task in the store instead, until
@@ -75,11 +80,31 @@ minor release so that such a change is an explicit upgrade.
     form for a request with ``A2A-Version: 1.x`` (what a 1.0 client, a2a-sdk's included,
     sends), else the 0.3 form, which a2a-sdk 1.x's card parser maps to the 1.0 one.
     ``ETag`` and ``If-None-Match`` as the SDK's route, per view (``Vary: A2A-Version``).
+    The 1.0 view is the 1.0 JSON alone: the merged fields (``additionalInterfaces``, ``url``,
+    ``security``, ...) are no 1.0 ``AgentCard`` fields, and a strict 1.0 parser refuses them.
+    The 0.3 HTTP+JSON ``GET /v1/card`` answers the card in the JSON-RPC form (pydantic's dump)
+    where the binding, and the SDK's own 0.3 client, read the 0.3 protobuf JSON (its
+    ``security`` is ``[{"schemes": {...}}]``, not ``[{"bearer": []}]``, which that client drops
+    without a word); :class:`_CheckedREST03Handler` answers the protobuf JSON.
 11. ``ListTasks`` status filters. The SDK parses JSON-RPC params and HTTP+JSON query
     parameters with protobuf's ``ParseDict`` ignoring unknown fields, which also drops an
     unknown enum name, and keeps an unknown enum number: ``status=TASK_STATE_BOGUS`` listed
     every task, ``status=99`` none. Both are refused naming the known states (JSON-RPC
     ``-32602``: :func:`jsonrpc_refusal`; HTTP+JSON 400: :func:`rest_routes`).
+12. HTTP+JSON query parameters. Both versions' GET routes read their parameters by their
+    camelCase names (as the specification names them) and silently ignore any other key, so
+    ``?history_length=-1`` returned the whole history where ``?historyLength=-1`` is refused.
+    A snake_case spelling of a parameter the route takes is refused naming the camelCase one
+    (:func:`checked_query`).
+13. The 0.3 HTTP+JSON route that deletes a push config
+    (``DELETE /v1/tasks/{id}/pushNotificationConfigs/{push_id}``): the SDK's 0.3 adapter has
+    the other three push config routes but not this one, which the 0.3 specification names;
+    it is served through the adapter's own error handling and 0.3 request handler
+    (:func:`create_rest_v03_push_delete_route`).
+14. The 0.3 JSON-RPC answer to ``tasks/pushNotificationConfig/delete``. Its result is
+    ``null``, and the SDK dumps the response without its ``None`` fields, so the answer held
+    neither ``result`` nor ``error``: no JSON-RPC 2.0 response. It gets ``"result": null``
+    back (:func:`checked_jsonrpc_route`).
 """
 
 from __future__ import annotations
@@ -100,9 +125,12 @@ from typing import Any
 # modules import each other in a cycle that only resolves in this order).
 import a2a.server.routes
 from a2a.client import Client
+from a2a.compat.v0_3 import types as types_v03
 from a2a.compat.v0_3.context_builders import V03ServerCallContextBuilder
+from a2a.compat.v0_3.proto_utils import ToProto as V03ToProto
 from a2a.compat.v0_3.rest_adapter import REST03Adapter
 from a2a.compat.v0_3.rest_handler import REST03Handler
+from a2a.compat.v0_3.types import GetAuthenticatedExtendedCardRequest
 from a2a.server.agent_execution import RequestContext, SimpleRequestContextBuilder
 from a2a.server.agent_execution.active_task import TERMINAL_TASK_STATES
 from a2a.server.cluster.task_store import StoredTask
@@ -112,10 +140,13 @@ from a2a.server.owner_resolver import resolve_user_scope
 from a2a.server.request_handlers import DefaultRequestHandler, RequestHandler
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict, build_error_response
 from a2a.server.routes.common import DefaultServerCallContextBuilder, create_event_source_response
-from a2a.server.tasks import DatabaseTaskStore, TaskStore
+from a2a.server.tasks import DatabasePushNotificationConfigStore, DatabaseTaskStore, TaskStore
 from a2a.types import (
     AgentCard,
     Artifact,
+    GetTaskRequest,
+    ListTaskPushNotificationConfigsRequest,
+    ListTasksRequest,
     SecurityScheme,
     SendMessageRequest,
     SubscribeToTaskRequest,
@@ -255,12 +286,16 @@ def rest_routes(handler: RequestHandler, path_prefix: str) -> list[BaseRoute]:
         and route.methods
         and "GET" in route.methods
         else route
-        for route in _with_checked_bodies(
-            [
-                route
-                for route in a2a.server.routes.create_rest_routes(handler, path_prefix=path_prefix)
-                if not isinstance(route, Mount)
-            ]
+        for route in _with_checked_queries(
+            _with_checked_bodies(
+                [
+                    route
+                    for route in a2a.server.routes.create_rest_routes(
+                        handler, path_prefix=path_prefix
+                    )
+                    if not isinstance(route, Mount)
+                ]
+            )
         )
     ]
 
@@ -303,8 +338,11 @@ def card_routes(card: AgentCard, card_url: str) -> list[BaseRoute]:
 
 
 def card_view(card: AgentCard, *, v1: bool) -> dict[str, Any]:
-    """The SDK's card JSON (1.0 plus the 0.3 fields) with each ``securitySchemes`` entry in
-    one form: the 1.0 one (one scheme kind) when ``v1``, else the 0.3 one (``type``, ...)."""
+    """The card as a 1.0 client reads it (``v1``: the 1.0 JSON alone, which a strict 1.0
+    parser takes), else the SDK's backward-compatible JSON (1.0 plus the 0.3 fields) with each
+    ``securitySchemes`` entry in the 0.3 form (``type``, ...)."""
+    if v1:
+        return MessageToDict(card)
     view = agent_card_to_dict(card)
     proto = MessageToDict(card).get("securitySchemes", {})
     schemes = view.get("securitySchemes")
@@ -312,7 +350,7 @@ def card_view(card: AgentCard, *, v1: bool) -> dict[str, Any]:
         return view
     for name, entry in schemes.items():
         legacy = {key: value for key, value in entry.items() if key not in SCHEME_KINDS}
-        schemes[name] = proto.get(name, entry) if v1 or not legacy else legacy
+        schemes[name] = legacy or proto.get(name, entry)
     return view
 
 
@@ -419,6 +457,19 @@ async def delete_rows(store: DatabaseTaskStore, task_ids: list[str]) -> int:
     model = store.task_model
     async with store.async_session_maker.begin() as session:
         result = await session.execute(delete(model).where(model.id.in_(task_ids)))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def delete_push_configs(
+    store: DatabasePushNotificationConfigStore, task_ids: list[str]
+) -> int:
+    """Delete the push configs of these tasks whoever owns them; the number deleted."""
+    if not task_ids:
+        return 0
+    model = store.config_model
+    await store.initialize()
+    async with store.async_session_maker.begin() as session:
+        result = await session.execute(delete(model).where(model.task_id.in_(task_ids)))
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -561,11 +612,13 @@ def create_rest_v03_routes(handler: RequestHandler, path_prefix: str) -> list[Ba
         endpoints[key] = functools.partial(
             _stream_endpoint, context_builder, checked.on_subscribe_to_task
         )
-    return _with_checked_bodies(
-        [
-            Route(f"{path_prefix}{path}", endpoint=endpoint, methods=[method])
-            for (path, method), endpoint in endpoints.items()
-        ]
+    return _with_checked_queries(
+        _with_checked_bodies(
+            [
+                Route(f"{path_prefix}{path}", endpoint=endpoint, methods=[method])
+                for (path, method), endpoint in endpoints.items()
+            ]
+        )
     )
 
 
@@ -589,6 +642,16 @@ class _CheckedREST03Handler(REST03Handler):
     async def on_get_task(self, request: Request, context: ServerCallContext) -> dict[str, Any]:
         history_length(request.query_params.get("historyLength"))  # the SDK's int() 500s
         return await super().on_get_task(request, context)
+
+    @validate_version(PROTOCOL_VERSION_0_3)
+    async def on_get_extended_agent_card(
+        self, request: Request, context: ServerCallContext
+    ) -> dict[str, Any]:
+        # The binding's protobuf JSON, as every other 0.3 HTTP+JSON answer (item 10).
+        card = await self.handler03.on_get_extended_agent_card(
+            GetAuthenticatedExtendedCardRequest(id=0), context
+        )
+        return MessageToDict(V03ToProto.agent_card(card))
 
 
 def check_message_shape(body: bytes) -> None:
@@ -617,9 +680,15 @@ PART_KINDS = ("text", "data", "file")
 EMPTY_PART = "a part is an object holding one of 'text', 'data' or 'file'"
 
 
+ROLE_FIELD = "a message's role is ROLE_USER (or ROLE_AGENT)"
+NO_ROLE = f"message.role is required: {EXPECTED_MESSAGE}"
+
+
 def _shape_violation(message: dict[str, Any]) -> tuple[str, str, str] | None:
     if "parts" in message:
         return "message.parts", PARTS_FIELD, JSONRPC_SHAPE
+    if message.get("role") in (None, "", "ROLE_UNSPECIFIED", 0):
+        return "message.role", ROLE_FIELD, NO_ROLE
     content = message.get("content")
     for index, part in enumerate(content if isinstance(content, list) else ()):
         field = f"message.content[{index}]"
@@ -781,12 +850,60 @@ def _named_like(wrapper: Endpoint, endpoint: Any) -> Endpoint:
 
 
 def _with_checked_bodies(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
+    return _wrapped(routes, "POST", checked_body)
+
+
+def _wrapped(
+    routes: Sequence[BaseRoute], method: str, wrap: Callable[[Endpoint], Endpoint]
+) -> list[BaseRoute]:
+    """``routes`` with the endpoint of each route that answers ``method`` wrapped."""
     return [
-        Route(route.path, endpoint=checked_body(route.endpoint), methods=sorted(route.methods))
-        if isinstance(route, Route) and route.methods and "POST" in route.methods
+        Route(route.path, endpoint=wrap(route.endpoint), methods=sorted(route.methods))
+        if isinstance(route, Route) and route.methods and method in route.methods
         else route
         for route in routes
     ]
+
+
+# The query parameters of the GET routes whose snake_case name differs from the camelCase
+# one the routes read (item 12): snake_case name -> camelCase name.
+CAMEL_QUERY_PARAMS = {
+    field.name: field.camelcase_name
+    for request in (GetTaskRequest, ListTasksRequest, ListTaskPushNotificationConfigsRequest)
+    for field in request.DESCRIPTOR.fields
+    if field.name != field.camelcase_name
+}
+
+
+def query_refusal(keys: Sequence[str]) -> InvalidParamsError | None:
+    """InvalidParamsError naming the camelCase spelling of each snake_case parameter."""
+    wrong = sorted({key for key in keys if key in CAMEL_QUERY_PARAMS})
+    if not wrong:
+        return None
+    uses = ", ".join(f"{CAMEL_QUERY_PARAMS[key]}, not {key}" for key in wrong)
+    return InvalidParamsError(
+        message=f"query parameters are camelCase: {uses}",
+        data={
+            "errors": [{"field": key, "message": f"use {CAMEL_QUERY_PARAMS[key]}"} for key in wrong]
+        },
+    )
+
+
+def checked_query(endpoint: Endpoint) -> Endpoint:
+    """A GET endpoint that refuses snake_case parameter names before ``endpoint`` would
+    ignore them (item 12)."""
+
+    async def checked(request: Request) -> Response:
+        refusal = query_refusal(list(request.query_params.keys()))
+        if refusal is not None:
+            return rest_error(refusal)
+        return await endpoint(request)
+
+    return _named_like(checked, endpoint)
+
+
+def _with_checked_queries(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
+    return _wrapped(routes, "GET", checked_query)
 
 
 def history_length(query: str | None) -> int | None:
@@ -838,6 +955,8 @@ def checked_jsonrpc_route(route: Route, path: str | None = None) -> Route:
             v03 = isinstance(error, InvalidParamsError) and payload.get("method") in V03_METHODS
             return _jsonrpc_error(request_id, error, v03=v03)
         response: Response = await endpoint(request)
+        if isinstance(payload, dict) and payload.get("method") == V03_DELETE_PUSH_CONFIG:
+            return _with_null_result(response)  # item 14
         return response
 
     return Route(
@@ -845,6 +964,19 @@ def checked_jsonrpc_route(route: Route, path: str | None = None) -> Route:
         endpoint=_named_like(checked, endpoint),
         methods=sorted(route.methods or ("POST",)),
     )
+
+
+V03_DELETE_PUSH_CONFIG = "tasks/pushNotificationConfig/delete"
+
+
+def _with_null_result(response: Response) -> Response:
+    """A JSON-RPC answer with neither ``result`` nor ``error``, given ``"result": null``."""
+    if not isinstance(response, JSONResponse):
+        return response
+    answer = json.loads(bytes(response.body))
+    if not isinstance(answer, dict) or "result" in answer or "error" in answer:
+        return response
+    return JSONResponse({**answer, "result": None}, status_code=response.status_code)
 
 
 # Integer fields of 0.3 params that are int32 in the proto the SDK converts them to (a
@@ -922,3 +1054,36 @@ def _jsonrpc_error(
         body = {"code": code, "message": error.message, "data": error.data}
         return JSONResponse({"jsonrpc": "2.0", "id": request_id, "error": body})
     return JSONResponse(build_error_response(request_id, error))
+
+
+# --- 13. the 0.3 HTTP+JSON route that deletes a push config -------------------------------
+
+V03_PUSH_CONFIG_PATH = "/v1/tasks/{id}/pushNotificationConfigs/{push_id}"
+
+
+def create_rest_v03_push_delete_route(handler: RequestHandler, path_prefix: str) -> Route:
+    """``DELETE {path_prefix}/v1/tasks/{id}/pushNotificationConfigs/{push_id}`` (protocol
+    0.3), answered ``{}`` as the 0.3 binding answers an empty result."""
+    adapter = REST03Adapter(http_handler=handler)
+    rest03 = adapter.handler
+
+    @validate_version(PROTOCOL_VERSION_0_3)
+    async def delete_push_notification(
+        request: Request, context: ServerCallContext
+    ) -> dict[str, Any]:
+        """Delete one push notification config of a task (A2A 0.3)."""
+        params = types_v03.DeleteTaskPushNotificationConfigParams(
+            id=request.path_params["id"],
+            push_notification_config_id=request.path_params["push_id"],
+        )
+        await rest03.handler03.on_delete_task_push_notification_config(
+            types_v03.DeleteTaskPushNotificationConfigRequest(id="", params=params), context
+        )
+        return {}
+
+    return Route(
+        path_prefix + V03_PUSH_CONFIG_PATH,
+        endpoint=functools.partial(adapter._handle_request, delete_push_notification),
+        methods=["DELETE"],
+        name="delete_push_notification",
+    )

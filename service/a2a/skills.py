@@ -6,6 +6,11 @@ The skill comes from the data part's ``"skill"``, else the message metadata's ``
 else the request metadata's ``"skill"``, else :data:`DEFAULT_SKILL`. Anything the service
 would refuse as a client error is refused here, before a task exists, with the protocol's
 own error (invalid params, or content type not supported for file parts).
+
+A data part holding none of those keys is context for someone else (a client's own
+metadata, say): it is not read, so a message may carry one beside its texts. A data part
+that holds some of them and other keys too is refused naming the unknown ones (a typo such as
+``"modle"`` must not pass unnoticed), and so is a message whose every part goes unread.
 """
 
 from __future__ import annotations
@@ -267,13 +272,23 @@ def parse_job(
     ``continuing``: the stored task a follow-up names (only a conversation takes one)."""
     texts: list[str] = []
     data: dict[str, Any] = {}
+    unread: list[int] = []
     for index, part in enumerate(message.parts):
         texts_from_part, data_from_part = _read_part(part, index)
+        if data_from_part is None:
+            unread.append(index)
+            continue
         texts.extend(texts_from_part)
         for key, value in data_from_part.items():
             if key in data:
                 raise _invalid(f"{key!r} is given by more than one data part")
             data[key] = value
+    if unread and len(unread) == len(message.parts):
+        raise _invalid(
+            f"no part of the message holds anything this agent reads: data parts {unread} "
+            f"have none of the keys {sorted(DATA_KEYS)}; send the texts as text parts or "
+            'as {"texts": [...]}'
+        )
     texts.extend(_data_texts(data))
     skill = _choose_skill(data, message, request_metadata)
     if skill == CHAT or continuing is not None:
@@ -332,13 +347,16 @@ def _drift_job(texts: list[str], data: Mapping[str, Any], pipeline: GuardedPipel
     return DriftJob(DRIFT_REPORT, model, "\n".join(texts))
 
 
-def _read_part(part: Part, index: int) -> tuple[list[str], dict[str, Any]]:
+def _read_part(part: Part, index: int) -> tuple[list[str], dict[str, Any] | None]:
+    """The part's texts and data; None for data a data part holds for someone else."""
     if part.HasField("text"):
         return [part.text], {}
     if part.HasField("data"):
         value = MessageToDict(part.data)
         if not isinstance(value, dict):
             raise _invalid(f"data part {index} must be a JSON object")
+        if not DATA_KEYS & set(value):
+            return [], None
         unknown = sorted(set(value) - DATA_KEYS)
         if unknown:
             raise _invalid(

@@ -15,12 +15,19 @@ import datetime as dt
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from a2a.auth.user import User
 from a2a.server.context import ServerCallContext
-from a2a.server.tasks import DatabaseTaskStore, InMemoryTaskStore, TaskStore
+from a2a.server.tasks import (
+    DatabasePushNotificationConfigStore,
+    DatabaseTaskStore,
+    InMemoryTaskStore,
+    PushNotificationConfigStore,
+    TaskStore,
+)
 from a2a.types import Message, Part, Role, Task, TaskState, TaskStatus
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -30,6 +37,7 @@ from service.a2a.parts import data_part, failure_parts, now, text_part
 from service.a2a.sdk_compat import (
     RUNNING_STATES,
     TERMINAL_TASK_STATES,
+    delete_push_configs,
     delete_rows,
     resolve_user_scope,
     rows_updated_before,
@@ -72,6 +80,8 @@ class BoundedInMemoryTaskStore(InMemoryTaskStore):
         # (owner, task id) -> (finished, serialised bytes), oldest first.
         self._kept: OrderedDict[tuple[str, str], tuple[bool, int]] = OrderedDict()
         self.bytes = 0
+        # The push configs of the tasks, forgotten with them (push notifications on).
+        self.push_configs: PushNotificationConfigStore | None = None
 
     async def save(self, task: Task, context: ServerCallContext) -> None:
         await super().save(task, context)
@@ -88,6 +98,8 @@ class BoundedInMemoryTaskStore(InMemoryTaskStore):
         await super().delete(task_id, context)
         _, size = self._kept.pop((resolve_user_scope(context), task_id), (False, 0))
         self.bytes -= size
+        if self.push_configs is not None and await self.push_configs.get_info(task_id, context):
+            await self.push_configs.delete_info(task_id, context)
 
     def unfinished(self) -> list[tuple[str, str]]:
         """(owner, task id) of every task not in a terminal state."""
@@ -135,7 +147,17 @@ class TaskStorage:
     stale_after: float = 60.0
     sweep_interval: float = 60.0
     idle_after: float = 0.0
+    # Push notifications on: the tasks' push configs (in the same database), and who hears
+    # of a task the upkeep ended (interrupted, idle).
+    push_configs: PushNotificationConfigStore | None = None
+    on_end: Callable[[Task], None] | None = None
     _sweeper: asyncio.Task[None] | None = None
+
+    def attach_push_configs(self, configs: PushNotificationConfigStore) -> None:
+        """Keep ``configs`` with the tasks: created with the tables, deleted with the tasks."""
+        self.push_configs = configs
+        if isinstance(self.store, BoundedInMemoryTaskStore):
+            self.store.push_configs = configs
 
     async def start(self) -> None:
         if not isinstance(self.store, DatabaseTaskStore):
@@ -145,6 +167,8 @@ class TaskStorage:
         for attempt in range(3):
             try:
                 await self.store.initialize()  # creates the table when missing
+                if isinstance(self.push_configs, DatabasePushNotificationConfigStore):
+                    await self.push_configs.initialize()
                 break
             except DBAPIError:
                 # Replicas starting together race to create the table; the loser sees
@@ -172,6 +196,7 @@ class TaskStorage:
                 task = await store.get(row.id, context)
                 if task is not None and task.status.state in RUNNING_STATES:
                     await interrupt(store, task, context)
+                    self._ended(task)
                     interrupted += 1
         expired = 0
         if self.retention:
@@ -182,6 +207,8 @@ class TaskStorage:
                 if row.state in TERMINAL_TASK_STATES
             ]
             expired = await delete_rows(store, finished)
+            if isinstance(self.push_configs, DatabasePushNotificationConfigStore):
+                await delete_push_configs(self.push_configs, finished)
         if interrupted or expired or idle:
             logger.info(
                 "task store swept",
@@ -214,8 +241,13 @@ class TaskStorage:
                 and task.status.timestamp.ToDatetime(tzinfo=dt.UTC) < cutoff
             ):
                 await end_idle(store, task, context, self.idle_after)
+                self._ended(task)
                 ended += 1
         return ended
+
+    def _ended(self, task: Task) -> None:
+        if self.on_end is not None:
+            self.on_end(task)
 
     async def _sweep_forever(self) -> None:
         while True:
