@@ -28,6 +28,7 @@ from service.guard.scanner import Scanner
 from service.rest.routes import create_routers
 from service.web.auth import install_auth
 from service.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.web.pages import install_pages
 from service.web.problems import install_problem_handlers
 
 if TYPE_CHECKING:
@@ -121,8 +122,11 @@ def create_app(
         version=VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # install_pages serves /docs and /redoc with local assets
+        redoc_url=None,
     )
     install_problem_handlers(app)
+    install_pages(app)  # /docs, /redoc and the /ui playground, no CDN
     for router in create_routers(pipeline, settings):
         app.include_router(router)
     mount_a2a(app, pipeline, settings)  # the A2A agent: card, JSON-RPC and HTTP+JSON routes

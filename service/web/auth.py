@@ -4,8 +4,11 @@ With API_TOKENS set (comma-separated ``name:token`` entries; a caller may have t
 a new token can be rolled out before the old one is dropped), every request needs
 ``Authorization: Bearer <one of the tokens>``; anything else answers 401 problem+json with
 ``WWW-Authenticate: Bearer``. Closed by default: only the paths in :data:`OPEN_PATHS` (probes,
-metrics, the public agent card, the API docs and the problem-type pages) stay open. Without
-API_TOKENS nothing is protected and a warning is logged at startup.
+metrics, the public agent card, the API docs, the playground page, their static assets and the
+problem-type pages) stay open: the pages hold no data, the API calls they make carry a token.
+Without API_TOKENS nothing is protected and a warning is logged at startup. With it,
+``/openapi.json`` declares the bearer scheme on every protected operation, so the docs'
+"Authorize" button sends the token.
 
 Each token has an identity, its name: the caller is set on the request as a Starlette user
 (``scope["user"]``), so A2A tasks are stored with it as their owner and every task method
@@ -20,6 +23,7 @@ import hmac
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.authentication import AuthCredentials, SimpleUser
@@ -42,9 +46,11 @@ OPEN_PATHS = frozenset(
         "/docs",
         "/docs/oauth2-redirect",
         "/redoc",
+        "/ui",
     }
 )
-OPEN_PREFIXES = ("/problems/",)
+OPEN_PREFIXES = ("/problems/", "/static/")
+SECURITY_SCHEME = "bearer"
 
 
 def is_open(path: str) -> bool:
@@ -174,4 +180,32 @@ def install_auth(app: FastAPI, settings: Settings) -> None:
         return
     identities = token_identities(settings.api_tokens)  # a malformed list fails at start
     app.add_middleware(BearerAuthMiddleware, tokens=settings.api_tokens)
+    document_bearer(app)
     logger.info("bearer-token auth on", extra={"callers": sorted(identities.values())})
+
+
+def document_bearer(app: FastAPI) -> None:
+    """Declare the bearer scheme in ``app.openapi()`` and require it on every operation
+    whose path is not open (call it after every other change to the document)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        components = schema.setdefault("components", {})
+        schemes = components.setdefault("securitySchemes", {})
+        if SECURITY_SCHEME not in schemes:
+            schemes[SECURITY_SCHEME] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "One of the API_TOKENS (Authorization: Bearer <token>).",
+            }
+            for path, item in schema.get("paths", {}).items():
+                if is_open(path):
+                    continue
+                for operation in item.values():
+                    if isinstance(operation, dict) and "responses" in operation:
+                        operation["security"] = [{SECURITY_SCHEME: []}]
+        return schema
+
+    # FastAPI's documented way to extend the schema.
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -139,7 +139,7 @@ def _route_template(scope: Scope) -> str:
     path = getattr(route, "path", None)
     if isinstance(path, str):
         return path
-    # A plain Starlette route (FastAPI's /docs, /redoc, /openapi.json) matched without
+    # A plain Starlette route (FastAPI's /openapi.json) matched without
     # recording itself: its path is a route's own when the route has no parameters.
     if scope.get("endpoint") is not None and scope.get("path_params") == {}:
         return str(scope.get("path", "unmatched"))
