@@ -1,15 +1,22 @@
-"""What a slow guard costs one request: median latency of /v1/classify with a guard that
-takes ``--latency`` seconds per screen and a new text every request (no cached verdict), in
-units of one screen. Screened one after the other, a request waits for two screens; with
-the output screen overlapping the input screen, for about one.
+"""What a slow guard costs: /v1/classify with a guard that takes ``--latency`` seconds per
+screen and a new text every request (no cached verdict).
+
+1. Latency: the median of requests sent one at a time, in units of one screen. Screened one
+   after the other, a request waits for two screens; with the output screen overlapping the
+   input screen, for about one.
+2. Throughput at scale: ``--streams`` concurrent streams over one HTTP/2 connection for
+   ``--duration`` seconds each. No more than GUARD_CONCURRENCY screens run at once, so the
+   service can answer at most GUARD_CONCURRENCY / (2 screens x latency) requests a second;
+   the table gives the share of that bound reached, and the refusals (503) counted.
 
     python -m benchmarks.guard_latency_bench [--latency 0.03] [--requests 200]
-        [--compare PATH] [--out benchmarks/results/guard_latency.md]
+        [--streams 16,64] [--duration 6] [--compare PATH]
+        [--out benchmarks/results/guard_latency.md]
 
 It starts the Ollama test double with that latency and the service (one worker, h2c) on
-127.0.0.1, and sends the requests one at a time over one HTTP/2 connection, checking every
-answer. ``--compare PATH`` also measures the service from another checkout (e.g. a
-``git worktree`` of an older commit), against the same double, in the same run.
+127.0.0.1, checking every answer. ``--compare PATH`` also measures the service from another
+checkout (e.g. a ``git worktree`` of an older commit), against the same double, in the same
+run.
 """
 
 from __future__ import annotations
@@ -23,13 +30,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from benchmarks.http_bench import RUNNING_ON, _env, _machine, _process
+from service.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "Review {i}: the cast is strong and the second half moves quickly."
+# The setting's default, which the service under test runs with.
+GUARD_CONCURRENCY: int = Settings.model_fields["guard_concurrency"].default
 
 
 async def measure(url: str, requests: int) -> list[float]:
@@ -49,7 +60,48 @@ async def measure(url: str, requests: int) -> list[float]:
     return latencies
 
 
-def run(checkout: Path, double_url: str, requests: int) -> dict[str, float]:
+async def measure_scale(url: str, streams: int, duration: float) -> dict[str, float]:
+    """Requests answered (200) and refused (503) per second with ``streams`` concurrent
+    streams over one connection, and the answered ones' median latency."""
+    answered: list[float] = []
+    refused = 0
+    async with httpx.AsyncClient(
+        http1=False, http2=True, base_url=url, timeout=30,
+        limits=httpx.Limits(max_connections=1),
+    ) as client:  # fmt: skip
+
+        async def stream(index: int, until: float) -> None:
+            nonlocal refused
+            sent = 0
+            while time.perf_counter() < until:
+                body = {"text": TEXT.format(i=f"{time.time_ns()}-{index}-{sent}")}
+                sent += 1
+                started = time.perf_counter()
+                response = await client.post("/v1/classify", json=body)
+                if response.status_code == 503:
+                    refused += 1
+                elif response.status_code == 200:
+                    answered.append(time.perf_counter() - started)
+                else:
+                    raise RuntimeError(f"unexpected answer {response.status_code}")
+
+        warm = time.perf_counter() + 1.0
+        await asyncio.gather(*(stream(i, warm) for i in range(streams)))
+        answered.clear()
+        refused = 0
+        started = time.perf_counter()
+        await asyncio.gather(*(stream(i, started + duration) for i in range(streams)))
+        elapsed = time.perf_counter() - started
+    return {
+        "rps": len(answered) / elapsed,
+        "refused_ps": refused / elapsed,
+        "p50_ms": statistics.median(answered) * 1e3 if answered else float("nan"),
+    }
+
+
+def run(
+    checkout: Path, double_url: str, requests: int, streams: list[int], duration: float
+) -> dict[str, Any]:
     env = _env(
         OLLAMA_HOST=double_url,
         PORT="0",
@@ -62,11 +114,14 @@ def run(checkout: Path, double_url: str, requests: int) -> dict[str, float]:
     )
     env["PYTHONPATH"] = str(checkout) + os.pathsep + env.get("PYTHONPATH", "")
     with _process([sys.executable, "-m", "service.server"], env, RUNNING_ON, cwd=checkout) as port:
-        latencies = asyncio.run(measure(f"http://127.0.0.1:{port}", requests))
+        url = f"http://127.0.0.1:{port}"
+        latencies = asyncio.run(measure(url, requests))
+        scale = {n: asyncio.run(measure_scale(url, n, duration)) for n in streams}
     latencies.sort()
     return {
         "p50_ms": statistics.median(latencies) * 1e3,
         "p90_ms": latencies[int(0.9 * (len(latencies) - 1))] * 1e3,
+        "scale": scale,
     }
 
 
@@ -85,6 +140,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.03)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--streams", default="16,64", help="concurrent streams at scale")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per scale run")
     parser.add_argument("--compare", type=Path, help="another checkout, measured first")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/guard_latency.md")
     args = parser.parse_args()
@@ -95,7 +152,8 @@ def main() -> int:
         checkouts = [args.compare] if args.compare else []
         for checkout in [*checkouts, REPO]:
             label = f"{'this checkout' if checkout == REPO else checkout} ({_commit(checkout)})"
-            result = run(checkout, double_url, args.requests)
+            streams = [int(n) for n in args.streams.split(",") if n]
+            result = run(checkout, double_url, args.requests, streams, args.duration)
             rows.append((label, result))
             print(f"{label}: p50 {result['p50_ms']:.1f} ms", file=sys.stderr)
     screen_ms = args.latency * 1e3
@@ -119,6 +177,26 @@ def main() -> int:
             f"| {label} | {result['p50_ms']:.1f} | {result['p90_ms']:.1f} | "
             f"{result['p50_ms'] / screen_ms:.2f} |"
         )
+    concurrency = GUARD_CONCURRENCY
+    bound = concurrency / (2 * args.latency)
+    lines += [
+        "",
+        "## Throughput at scale",
+        "",
+        f"Concurrent streams over one h2c connection, {args.duration:g} s each after 1 s of "
+        f"warm-up, a new text every request. GUARD_CONCURRENCY={concurrency} (the default) "
+        f"allows at most {concurrency} / (2 screens x {screen_ms:.0f} ms) = {bound:.0f} "
+        "requests/s.",
+        "",
+        "| service | streams | answered/s | share of the bound | refused (503)/s | p50 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, result in rows:
+        for streams_n, scale in result["scale"].items():
+            lines.append(
+                f"| {label} | {streams_n} | {scale['rps']:.1f} | {scale['rps'] / bound:.0%} | "
+                f"{scale['refused_ps']:.1f} | {scale['p50_ms']:.1f} |"
+            )
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge
 
 logger = logging.getLogger("service.connections")
 
-OPEN = Gauge("http_connections_open", "Client connections open in this server process.")
+OPEN = Gauge("http_connections_open", "Client connections open now.", multiprocess_mode="livesum")
 REFUSED = Counter(
     "http_connections_refused_total",
     "Client connections closed at once because MAX_CONNECTIONS were already open.",

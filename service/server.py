@@ -37,10 +37,12 @@ from typing import Any
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError
+from prometheus_client.multiprocess import mark_process_dead
 
 from service import connection_limit, h2_patch
 from service.config import Settings
 from service.logging import configure_logging
+from service.web.metrics import MULTIPROCESS_DIR
 
 logger = logging.getLogger("service.server")
 
@@ -162,6 +164,13 @@ def _supervise(settings: Settings) -> int:
         reservation = bind_socket(settings.host, 0, reuse_port=True)
         port = reservation.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
+    # /metrics answers for every worker, not the one that took the scrape: the workers write
+    # their values to files there (prometheus-client's multiprocess mode; the spawned
+    # workers read the variable before they import prometheus_client).
+    own_metrics_dir: Path | None = None
+    if not os.environ.get(MULTIPROCESS_DIR):
+        own_metrics_dir = Path(tempfile.mkdtemp(prefix="gis-metrics-"))
+        os.environ[MULTIPROCESS_DIR] = str(own_metrics_dir)
     data = settings.model_dump()
     shared_store: Path | None = None
     if not settings.task_store_url:
@@ -203,6 +212,8 @@ def _supervise(settings: Settings) -> int:
             worker = next(w for w in running if w.sentinel == sentinel)
             worker.join()
             running.remove(worker)
+            if worker.pid is not None:
+                mark_process_dead(worker.pid)  # its live gauges no longer count
             if worker.exitcode != 0:
                 exit_code = exit_code or (worker.exitcode or 1)
                 if not stopping:
@@ -215,6 +226,9 @@ def _supervise(settings: Settings) -> int:
         reservation.close()
     if shared_store is not None:
         shutil.rmtree(shared_store, ignore_errors=True)
+    if own_metrics_dir is not None:
+        del os.environ[MULTIPROCESS_DIR]
+        shutil.rmtree(own_metrics_dir, ignore_errors=True)
     return exit_code
 
 

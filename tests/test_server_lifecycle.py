@@ -90,6 +90,59 @@ async def test_two_workers_each_take_connections_and_stop_cleanly(double: Ollama
         server.stop(signal.SIGKILL)
 
 
+def _classify_count(exposition: str) -> float:
+    """http_requests_total for POST /v1/classify answered 200, from a /metrics text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "http_requests_total"
+        and sample.labels.get("route") == "/v1/classify"
+        and sample.labels.get("status") == "200"
+    )
+
+
+async def test_two_workers_serve_one_set_of_metrics(double: OllamaDouble) -> None:
+    # Each scrape lands on one worker; with per-worker metrics two scrapes would disagree
+    # and neither would count every request.
+    server = start_server(ollama_host=double.url, workers=2, **FAST)
+    try:
+        server.wait_ready()
+        server.wait_for_log(lambda e: str(e.get("message", "")).startswith("Running on"), count=2)
+        sent = 16
+        for i in range(sent):  # a new connection each time: the kernel spreads them
+            async with h2_client(server) as client:
+                response = await client.post(
+                    "/v1/classify", json={"texts": [f"A fine film, number {i}."]},
+                    headers={"x-request-id": f"m-{i}"},
+                )  # fmt: skip
+                assert response.status_code == 200, response.text
+        lines = server.wait_for_log(
+            lambda e: e.get("message") == "request" and str(e.get("request_id")).startswith("m-"),
+            count=sent,
+        )
+        assert {line["worker"] for line in lines} == {0, 1}  # both workers answered some
+        scrapes = []
+        for i in range(8):
+            async with h2_client(server) as client:
+                scrape = await client.get("/metrics", headers={"x-request-id": f"s-{i}"})
+                assert scrape.status_code == 200
+                scrapes.append(scrape.text)
+        scraped_by = server.wait_for_log(
+            lambda e: e.get("message") == "request" and str(e.get("request_id")).startswith("s-"),
+            count=8,
+        )
+        assert {line["worker"] for line in scraped_by} == {0, 1}  # both workers scraped
+        assert {_classify_count(text) for text in scrapes} == {float(sent)}
+        # Live gauges are the sum over the workers: a scrape sees itself in flight, once.
+        assert all("http_requests_in_flight 1.0" in text for text in scrapes)
+        assert server.stop(signal.SIGTERM) == 0
+    finally:
+        server.stop(signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")

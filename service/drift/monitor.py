@@ -50,19 +50,28 @@ from service.drift.stats import (
 
 logger = logging.getLogger("service.drift")
 
+# With several workers each keeps its own window: the flags and statistics are the largest
+# of the live workers' (drift seen by any worker shows), the window sizes their sum.
 DRIFT_STATISTIC = Gauge(
     "drift_statistic", "Drift statistic of a feature's window against the reference.",
-    ["model", "feature"],
+    ["model", "feature"], multiprocess_mode="livemax",
 )  # fmt: skip
 DRIFT_THRESHOLD = Gauge(
     "drift_threshold", "Threshold at or above which a feature's statistic is drift.",
-    ["model", "feature"],
+    ["model", "feature"], multiprocess_mode="livemax",
 )  # fmt: skip
 DRIFT_DETECTED = Gauge(
-    "drift_detected", "1 when the feature drifted at the last check, else 0.", ["model", "feature"]
-)
-MODEL_DRIFTED = Gauge("drift_model_drifted", "1 when any feature of the model drifted.", ["model"])
-WINDOW_TEXTS = Gauge("drift_window_texts", "Texts in the model's drift window.", ["model"])
+    "drift_detected", "1 when the feature drifted at the last check, else 0.",
+    ["model", "feature"], multiprocess_mode="livemax",
+)  # fmt: skip
+MODEL_DRIFTED = Gauge(
+    "drift_model_drifted", "1 when any feature of the model drifted.", ["model"],
+    multiprocess_mode="livemax",
+)  # fmt: skip
+WINDOW_TEXTS = Gauge(
+    "drift_window_texts", "Texts in the model's drift window.", ["model"],
+    multiprocess_mode="livesum",
+)  # fmt: skip
 CHECKS = Counter("drift_checks_total", "Drift checks run per model.", ["model"])
 CHECK_SECONDS = Histogram(
     "drift_check_seconds", "CPU seconds of one drift check (all models).",

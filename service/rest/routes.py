@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.config import Settings
 from service.core.errors import ERRORS
@@ -35,6 +35,7 @@ from service.rest.schemas import (
     ReadinessResponse,
 )
 from service.web.auth import caller_of
+from service.web.metrics import exposition_registry
 from service.web.problems import problem_response
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -136,6 +137,7 @@ def create_routers(pipeline: GuardedPipeline, settings: Settings) -> list[APIRou
         return await _readiness(request, pipeline, settings)
 
     ops.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
+    registry = exposition_registry()
 
     @ops.get(
         "/metrics",
@@ -143,7 +145,7 @@ def create_routers(pipeline: GuardedPipeline, settings: Settings) -> list[APIRou
         response_class=PlainTextResponse,
     )
     async def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @ops.get(
         "/problems/{slug}",
