@@ -238,6 +238,25 @@ NO_ROLE = {
     "0.3": ("/a2a/rest/v1/message:send", AUTH,
             {"message": {"messageId": "", "content": [{"text": GOOD}]}}),
 }  # fmt: skip
+RPC_NO_ROLE = {
+    "1.0": (V1, "SendMessage", {"messageId": "", "parts": [{"text": GOOD}]}),
+    "0.3": (AUTH, "message/send",
+            {"messageId": "", "kind": "message", "parts": [{"kind": "text", "text": GOOD}]}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("version", ["1.0", "0.3"])
+async def test_a_message_without_a_role_is_invalid_params_on_json_rpc(
+    http: httpx.AsyncClient, version: str
+) -> None:
+    headers, method, message = RPC_NO_ROLE[version]
+    message = {**message, "messageId": uuid.uuid4().hex}
+    body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": {"message": message}}
+    response = await http.post("/a2a/jsonrpc", json=body, headers=headers)
+    assert response.http_version == "HTTP/2" and response.status_code == 200
+    error = response.json()["error"]
+    assert error["code"] == -32602, error
+    assert "role" in json.dumps(error)
 
 
 @pytest.mark.parametrize("version", ["1.0", "0.3"])

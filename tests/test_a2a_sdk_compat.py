@@ -305,6 +305,20 @@ async def test_requests_the_sdk_takes_silently_get_the_protocol_error(
     assert await _answer(_our_app(_handler()), method, path, body, headers) == ours
 
 
+async def test_the_sdk_answers_0_3_params_errors_as_invalid_request_we_as_invalid_params() -> None:
+    # Item 15: a 0.3 message without a role, and one whose messageId is an object.
+    for message in (
+        {"kind": "message", "messageId": "m", "parts": [{"kind": "text", "text": "hi"}]},
+        {"kind": "message", "role": "user", "messageId": {"x": 1}, "parts": []},
+    ):
+        body = _rpc("message/send", {"message": message})
+        assert await _answer(_sdk_app(_handler()), "POST", "/rpc", body, JSON_CT) == -32600
+        assert await _answer(_our_app(_handler()), "POST", "/rpc", body, JSON_CT) == -32602
+    # A request without the params its method needs: invalid params too.
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "message/send"}).encode()
+    assert await _answer(_our_app(_handler()), "POST", "/rpc", body, JSON_CT) == -32602
+
+
 def test_the_0_3_method_names_are_the_sdk_s() -> None:
     from a2a.compat.v0_3.jsonrpc_adapter import JSONRPC03Adapter
     from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher

@@ -105,6 +105,11 @@ minor release so that such a change is an explicit upgrade.
     ``null``, and the SDK dumps the response without its ``None`` fields, so the answer held
     neither ``result`` nor ``error``: no JSON-RPC 2.0 response. It gets ``"result": null``
     back (:func:`checked_jsonrpc_route`).
+15. 0.3 JSON-RPC params. The SDK's 0.3 adapter answers every validation error of a request
+    as invalid request (-32600), a message without a ``role`` included; the envelope is a
+    valid request there, its params are not (-32602). :func:`jsonrpc_refusal` validates a
+    0.3 request with the adapter's own model first and answers invalid params, naming the
+    fields, when every error lies in ``params``.
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ import a2a.server.routes
 from a2a.client import Client
 from a2a.compat.v0_3 import types as types_v03
 from a2a.compat.v0_3.context_builders import V03ServerCallContextBuilder
+from a2a.compat.v0_3.jsonrpc_adapter import JSONRPC03Adapter
 from a2a.compat.v0_3.proto_utils import ToProto as V03ToProto
 from a2a.compat.v0_3.rest_adapter import REST03Adapter
 from a2a.compat.v0_3.rest_handler import REST03Handler
@@ -171,6 +177,7 @@ from a2a.utils.errors import (
 from a2a.utils.version_validator import validate_version
 from google.protobuf.json_format import MessageToDict
 from packaging.version import InvalidVersion, Version
+from pydantic import ValidationError
 from sqlalchemy import delete, select
 from sse_starlette.event import ServerSentEvent
 from starlette.requests import ClientDisconnect, Request
@@ -1001,13 +1008,13 @@ def jsonrpc_refusal(payload: Any, version: str | None) -> tuple[str | int | None
     if not isinstance(method, str) or method not in V03_METHODS:
         return None
     if not version:
-        return _int32_refusal(request_id, payload.get("params"))
+        return _v03_refusal(request_id, method, payload)
     try:
         major = Version(version).major
     except InvalidVersion:
         major = None
     if major == 0:
-        return _int32_refusal(request_id, payload.get("params"))
+        return _v03_refusal(request_id, method, payload)
     if major == Version(PROTOCOL_VERSION_1_0).major:
         name = V03_METHODS[method]
         return request_id, MethodNotFoundError(
@@ -1025,6 +1032,36 @@ def jsonrpc_refusal(payload: Any, version: str | None) -> tuple[str | int | None
         ),
         data={"supported": f"{PROTOCOL_VERSION_1_0}, {PROTOCOL_VERSION_0_3}"},
     )
+
+
+def _v03_refusal(
+    request_id: str | int | None, method: str, payload: dict[str, Any]
+) -> tuple[str | int | None, A2AError] | None:
+    return _int32_refusal(request_id, payload.get("params")) or _v03_params_refusal(
+        request_id, method, payload
+    )
+
+
+def _v03_params_refusal(
+    request_id: str | int | None, method: str, payload: dict[str, Any]
+) -> tuple[str | int | None, A2AError] | None:
+    """Invalid params for a 0.3 request whose envelope is right and whose params are not
+    (item 15): the SDK's 0.3 adapter answers every validation error as -32600."""
+    try:
+        JSONRPC03Adapter.METHOD_TO_MODEL[method].model_validate(payload)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if not errors or not all(error["loc"][:1] == ("params",) for error in errors):
+            return None  # the envelope itself: the SDK's -32600
+        fields = [
+            {"field": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+            for error in errors
+        ]
+        summary = "; ".join(f"{field['field']}: {field['message']}" for field in fields[:3])
+        return request_id, InvalidParamsError(
+            message=f"invalid params: {summary}", data={"errors": fields}
+        )
+    return None
 
 
 def _int32_refusal(
