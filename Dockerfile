@@ -16,10 +16,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# torch first and from the CPU index: the default index serves the CUDA build, which drags in
-# several GB of GPU libraries this image never uses. `torch==2.13.0` in pyproject.toml is then
-# already satisfied by 2.13.0+cpu when the package is installed below.
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# torch first and from the CPU index, as `make install` does: the default index serves the CUDA
+# build, which drags in several GB of GPU libraries this image never uses. pip keeps its
+# configured index (PyPI, or PIP_INDEX_URL) as the fallback and takes 2.13.0+cpu over a plain
+# 2.13.0; when TORCH_INDEX does not answer within 5 s, torch comes from that index alone.
+# `torch==2.13.0` in pyproject.toml is then already satisfied when the package is installed.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN if python -c 'import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=5)' "$TORCH_INDEX/torch/"; \
+    then pip install --no-cache-dir --extra-index-url "$TORCH_INDEX" torch==2.13.0; \
+    else echo "$TORCH_INDEX does not answer: torch from the configured index only" >&2; \
+         pip install --no-cache-dir torch==2.13.0; fi
 
 WORKDIR /src
 COPY pyproject.toml ./

@@ -17,11 +17,13 @@ import json
 import os
 import sys
 
-from service.a2a.client import answer_json, ask, origin_of
+from service.cli_help import plain
 
 
 def _origin(value: str) -> str:
     """An argparse type: an http(s) origin (a path, if any, is ignored)."""
+    from service.a2a.client import origin_of
+
     try:
         origin_of(value)
     except ValueError as exc:
@@ -29,10 +31,24 @@ def _origin(value: str) -> str:
     return value
 
 
+# The second and third paragraphs of the module docstring, as --help shows them.
+ASK_DESCRIPTION = plain("\n\n".join((__doc__ or "").split("\n\n")[1:3]))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m agents", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m agents", description=plain((__doc__ or "").split("\n")[0])
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    ask_cmd = commands.add_parser("ask", help="send one text message to an A2A agent")
+    ask_cmd = commands.add_parser(
+        "ask", help="send one text message to an A2A agent", description=ASK_DESCRIPTION
+    )
+    add_ask_arguments(ask_cmd)
+    return parser
+
+
+def add_ask_arguments(ask_cmd: argparse.ArgumentParser) -> None:
+    """The arguments of ``ask`` (``gis ask`` has the same)."""
     ask_cmd.add_argument("url", help="the agent's base URL (its card is at /.well-known/...)")
     ask_cmd.add_argument("text", help="the text to send")
     ask_cmd.add_argument("--skill", help="skill id, sent as the message metadata 'skill'")
@@ -62,11 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow HTTP/1.1 on plain http:// (default: HTTP/2 with prior knowledge)",
     )
     ask_cmd.add_argument("--json", action="store_true", help="end with the final task as JSON")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_ask(build_parser().parse_args(argv))
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    """Ask, print, and return the exit status (see the module docstring)."""
+    from service.a2a.client import answer_json, ask
+
     try:
         answer = asyncio.run(
             ask(

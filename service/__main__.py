@@ -41,17 +41,18 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
 
     out = Path(args.out) if args.out else PACKAGE_ARTIFACTS
     command = "python -m service " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # Only train has epochs (quantize trains nothing).
+    names = ("cnn_epochs", "moe_epochs", "hyperbole_epochs")
+    epochs = {name: getattr(args, name) for name in names if hasattr(args, name)}
     cards = build(
         _data_path(args),
         out,
         stages=stages,
         seed=args.seed,
-        cnn_epochs=args.cnn_epochs,
-        moe_epochs=args.moe_epochs,
         command=command,
         hyperbole_data=Path(args.hyperbole_data) if getattr(args, "hyperbole_data", None) else None,
-        hyperbole_epochs=getattr(args, "hyperbole_epochs", 12),
         log=_log_to_stderr,
+        **epochs,
     )
     for card in cards:
         print(
@@ -74,12 +75,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.model} is an adapter or a cascade, not one aclImdb model: its test figures "
             "are in its card, measured when it was built"
         )
-    test = [r for r in read_aclimdb(_data_path(args)) if r.split == "test"]
+    data = _data_path(args)
+    _log_to_stderr(f"reading the aclImdb test reviews from {data}")
+    test = [r for r in read_aclimdb(data) if r.split == "test"]
     if args.limit:
         # An even spread over negatives and positives (the test set is sorted by label).
         step = max(1, len(test) // args.limit)
         test = test[::step][: args.limit]
-    result = evaluate_loaded(model, [r.text for r in test], [r.label for r in test])
+    _log_to_stderr(f"evaluating {args.model} on {len(test)} test reviews")
+    texts, labels = [r.text for r in test], [r.label for r in test]
+    result = evaluate_loaded(model, texts, labels, progress=True)  # a bar on stderr
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 
@@ -131,8 +136,15 @@ def _prog() -> str:
     return "gis" if Path(sys.argv[0]).name == "gis" else "python -m service"
 
 
+DESCRIPTION = (
+    "The Guarded Inference Service: serve it, train, quantize and evaluate its models, check "
+    "their drift, ask the guard about a text, print the settings, or ask an A2A agent. "
+    "'%(prog)s COMMAND --help' tells more."
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__)
+    parser = argparse.ArgumentParser(prog=_prog(), description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
 
     from service.server import add_serve_arguments, run_serve
@@ -144,13 +156,21 @@ def main(argv: list[str] | None = None) -> int:
         ("train", "train all models and write their artifacts (six models, one adapter)"),
         ("quantize", "derive the int8 and int4 CNN artifacts from the fp32 one"),
     ):
-        sub = commands.add_parser(name, help=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text)
         _add_data_arguments(sub)
         sub.add_argument("--out", help="artifacts folder (default: the package's own)")
-        sub.add_argument("--seed", type=int, default=1337)
-        sub.add_argument("--cnn-epochs", type=int, default=3)
-        sub.add_argument("--moe-epochs", type=int, default=3)
-        if name == "train":
+        sub.add_argument(
+            "--seed",
+            type=int,
+            default=1337,
+            help="seed of the train/validation split and of training"
+            if name == "train"
+            else "seed of the train/validation split the int8 calibration reviews come from "
+            "(the one the fp32 CNN was trained with)",
+        )
+        if name == "train":  # quantize trains nothing: no epochs
+            sub.add_argument("--cnn-epochs", type=int, default=3, help="epochs of the CNN")
+            sub.add_argument("--moe-epochs", type=int, default=3, help="epochs of the MoE")
             sub.add_argument(
                 "--only",
                 choices=("cnn", "student", "moe", "hyperbole"),
@@ -161,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                 "--hyperbole-data",
                 help="HYPO sentences (.jsonl.gz; default: hypo_hyperbole.jsonl.gz beside --data)",
             )
-            sub.add_argument("--hyperbole-epochs", type=int, default=12)
+            sub.add_argument(
+                "--hyperbole-epochs", type=int, default=12, help="epochs of the LoRA adapter"
+            )
 
     evaluate = commands.add_parser("evaluate", help="accuracy of one artifact on aclImdb/test")
     evaluate.add_argument("--model", required=True)
@@ -178,15 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     config.add_argument("--json", action="store_true", help="one JSON object")
 
+    from agents.__main__ import ASK_DESCRIPTION, add_ask_arguments
+
     ask = commands.add_parser(
-        "ask", help="ask an A2A agent one question (the options of python -m agents ask)"
+        "ask",
+        help="ask an A2A agent one question (as python -m agents ask)",
+        description=ASK_DESCRIPTION,
     )
-    ask.add_argument("rest", nargs=argparse.REMAINDER, help="URL TEXT [options]")
+    add_ask_arguments(ask)
 
     drift = commands.add_parser(
         "drift", help="offline drift report (Evidently): current texts against a reference"
     )
-    from service.drift.report import add_report_arguments
+    from service.drift.cli import add_report_arguments
 
     add_report_arguments(drift)
     profile = commands.add_parser(
@@ -203,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         return cmd_config(args)
     if args.command == "ask":
-        from agents.__main__ import main as agents_main
+        from agents.__main__ import run_ask
 
-        return agents_main(["ask", *args.rest])
+        return run_ask(args)
     if args.command == "serve":
         return run_serve(args)
     if args.command == "train":

@@ -27,6 +27,7 @@ from service.guard.llama_guard import LlamaGuard
 from service.guard.scanner import Scanner
 from service.rest.routes import create_routers
 from service.web.auth import install_auth
+from service.web.cors import AllowedOriginsCORS
 from service.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.web.pages import install_pages
 from service.web.problems import install_problem_handlers
@@ -137,5 +138,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         body_timeout=settings.body_timeout,
     )
+    if settings.cors_allow_origins:  # outside auth: a preflight carries no token
+        app.add_middleware(AllowedOriginsCORS, origins=settings.cors_allow_origins)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     return app

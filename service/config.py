@@ -59,6 +59,7 @@ def parse_push_host(entry: str) -> tuple[str, int | None]:
     return host, int(port) if port else None
 
 
+_ORIGIN = re.compile(r"https?://[^/?#@\s]+")
 _HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
@@ -85,6 +86,10 @@ class Settings(BaseSettings):
     max_connections: int = Field(1024, ge=0)
     # Concurrent streams one HTTP/2 connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
     h2_max_concurrent_streams: int = Field(256, ge=1)
+    # Browser origins (scheme://host[:port], comma-separated; * for any) whose pages may call
+    # the API: their requests get CORS headers and their preflights an answer. Empty: no
+    # CORS headers for anyone (browsers then refuse cross-origin calls).
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- models -----------------------------------------------------------------------
     default_model: str = "sentiment-cnn-int8"
@@ -236,6 +241,18 @@ class Settings(BaseSettings):
         for entry in value:
             parse_push_host(entry)  # raises ValueError naming the entry
         return [entry.lower() for entry in value]
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        value = _split_csv(value)
+        if not isinstance(value, list):
+            return value
+        origins = [str(origin).rstrip("/").lower() for origin in value]
+        bad = [origin for origin in origins if origin != "*" and not _ORIGIN.fullmatch(origin)]
+        if bad:
+            raise ValueError(f"not an origin (scheme://host[:port], or *): {bad}")
+        return origins
 
     @field_validator("guard_block_categories")
     @classmethod

@@ -217,7 +217,11 @@ def install() -> None:
 
 # Late body bytes accepted (credited and dropped) per stream before it is reset: bodies of
 # ordinary size end normally for every client, an endless upload does not go on for ever.
-LATE_BODY_LIMIT = 1 << 20
+# httpx (httpcore 1.0) sends a whole body before it reads the answer and fails the request on
+# the reset, so an oversized body (413) of up to this size still gets its 413: 1 MiB here
+# cut off a 2 MiB upload to the default MAX_BODY_BYTES. Taking the bytes costs only the
+# parsing of their frames (nothing is buffered), as a request of that size would.
+LATE_BODY_LIMIT = 64 << 20
 _LATE_BYTES = "_service_late_body_bytes"  # H2Protocol instance attribute: stream id -> bytes
 _LATE = (h2.events.DataReceived, h2.events.StreamEnded, h2.events.StreamReset)
 

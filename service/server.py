@@ -40,6 +40,7 @@ from hypercorn.utils import LifespanFailureError
 from prometheus_client.multiprocess import mark_process_dead
 
 from service import connection_limit, h2_patch
+from service.cli_help import plain, settings_epilog
 from service.config import Settings
 from service.logging import configure_logging
 from service.web.metrics import MULTIPROCESS_DIR
@@ -241,7 +242,10 @@ def serve(settings: Settings) -> int:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``serve``; each overrides its environment variable."""
+    """Options of ``serve``; each overrides its environment variable. The help ends with
+    every other setting and its default."""
+    parser.epilog = settings_epilog()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the list's lines
     parser.add_argument("--host", help="bind address (HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port, 0 for any free one (PORT, default 8080)")
     parser.add_argument("--workers", type=int, help="worker processes (WORKERS, default 1)")
@@ -266,7 +270,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m service.server",
-        description=__doc__,
+        description=plain(__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_serve_arguments(parser)

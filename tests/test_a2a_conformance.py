@@ -379,8 +379,7 @@ async def test_push_notification_configs_while_push_is_off(
     hook = "https://hooks.example.com/a2a"
     await _refused(api, "PushNotificationNotSupported", api.push_set(task["id"], hook, id="c1"))
     await _refused(api, "PushNotificationNotSupported", api.push_get(task["id"], "c1"))
-    if (binding, version) != ("rest", "0.3"):  # 0.3 HTTP+JSON lists with the same GET path
-        await _refused(api, "PushNotificationNotSupported", api.push_list(task["id"]))
+    await _refused(api, "PushNotificationNotSupported", api.push_list(task["id"]))
     await _refused(api, "PushNotificationNotSupported", api.push_delete(task["id"], "c1"))
 
 

@@ -164,6 +164,31 @@ def test_oversized_streamed_body_is_refused_before_it_ends(server: ServerProcess
     assert output.startswith("HTTP/2 413") and "/problems/body-too-large" in output
 
 
+@pytest.mark.parametrize("size", [2 * MAX_BODY, 4 * 1024 * 1024])
+async def test_httpx_streaming_an_oversized_body_over_http2_gets_the_413(
+    server: ServerProcess, double: OllamaDouble, size: int
+) -> None:
+    # httpx sends the whole body before it reads the answer: the server must take the rest
+    # of the body after its 413 (and not reset the stream), or httpx fails the request.
+    async def body() -> AsyncIterator[bytes]:  # a generator: no Content-Length
+        yield b'{"text": "'
+        for _ in range(size // 65536 + 1):
+            yield b"y" * 65536
+        yield b'"}'
+
+    for attempt in range(10):
+        async with h2_client(server) as http:  # a new connection each time
+            response = await http.post(
+                "/v1/classify", content=body(), headers={"content-type": "application/json"}
+            )
+            assert response.http_version == "HTTP/2"
+            document = problem(response, 413, "/body-too-large")
+            assert str(MAX_BODY) in document["detail"], attempt
+            # The connection is still good for the next request.
+            assert (await http.get("/healthz")).status_code == 200
+    assert double.chat_requests == []
+
+
 async def test_malformed_json_is_422(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/v1/classify",
@@ -196,11 +221,62 @@ async def test_schema_violations_are_422(
     assert all("input" not in error for error in body["errors"])
 
 
-async def test_non_json_content_type_is_422(client: httpx.AsyncClient) -> None:
+JSON_BODY_ROUTES = ["/v1/classify", "/v1/moderate", "/v1/moderations", "/v1/chat/completions"]
+
+
+@pytest.mark.parametrize("path", JSON_BODY_ROUTES)
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+async def test_a_body_not_declared_json_is_415_naming_the_type(
+    client: httpx.AsyncClient, double: OllamaDouble, path: str, content_type: str | None
+) -> None:
+    # A valid JSON body, sent without saying so (curl -d without -H sends a form type).
+    payload = {
+        "/v1/classify": {"text": "A fine film."},
+        "/v1/moderate": {"text": "A fine film."},
+        "/v1/moderations": {"input": "A fine film."},
+        "/v1/chat/completions": {
+            "model": "llama3.2:1b",
+            "messages": [{"role": "user", "content": "Hi"}],
+        },
+    }[path]
+    headers = {"content-type": content_type} if content_type else {}
+    response = await client.post(path, content=json.dumps(payload).encode(), headers=headers)
+    body = problem(response, 415, "/unsupported-media-type")
+    assert body["type"] == "/problems/unsupported-media-type"
+    assert body["accepted"] == ["application/json"]
+    assert "application/json" in body["detail"]
+    assert (content_type or "no Content-Type") in body["detail"]
+    assert response.headers["accept"] == "application/json"
+    assert double.chat_requests == []  # refused before anything was screened
+    if path in ("/v1/moderations", "/v1/chat/completions"):
+        assert body["error"]["code"] == "unsupported-media-type"  # OpenAI clients read this
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", "application/merge+json"],
+)
+async def test_json_content_types_are_taken(client: httpx.AsyncClient, content_type: str) -> None:
     response = await client.post(
-        "/v1/classify", content=b"text=hello", headers={"content-type": "text/plain"}
+        "/v1/classify", content=b'{"text": "A fine film."}', headers={"content-type": content_type}
     )
-    problem(response, 422, "/validation-error")
+    assert response.status_code == 200, response.text
+
+
+async def test_routes_without_a_body_need_no_content_type(client: httpx.AsyncClient) -> None:
+    for path in ("/v1/models", "/healthz", "/problems/unsupported-media-type"):
+        assert (await client.get(path)).status_code == 200
+    described = (await client.get("/problems/unsupported-media-type")).json()
+    assert described["status"] == 415
+
+
+async def test_the_openapi_document_names_the_415(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    for path in JSON_BODY_ROUTES:
+        assert "415" in paths[path]["post"]["responses"], path
 
 
 async def test_batch_over_the_limit_is_422(client: httpx.AsyncClient, double: OllamaDouble) -> None:

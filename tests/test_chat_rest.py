@@ -426,7 +426,9 @@ def test_the_category_mapping_names_only_known_codes_and_categories() -> None:
 async def test_only_the_openai_paths_carry_the_error_member(server: ServerProcess) -> None:
     async with h2_client(server) as http:
         chat = await http.post(CHAT_COMPLETIONS, json={"model": CHAT})
-        moderation = await http.post(MODERATIONS, content=b"{not json")
+        moderation = await http.post(
+            MODERATIONS, content=b"{not json", headers={"content-type": "application/json"}
+        )
         classify = await http.post("/v1/classify", json={})
     for response in (chat, moderation):
         problem = response.json()

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
@@ -43,8 +44,14 @@ STACKS: dict[str, tuple[Path, ...]] = {
 SETTINGS_ENV = {name.upper() for name in Settings.model_fields}
 # Variables Compose itself reads from .env (not interpolated into the files).
 COMPOSE_OWN = {"COMPOSE_FILE"}
-# .env.example values that differ from the service's own default on purpose.
-DEPLOYMENT_DEFAULTS = {"PUBLIC_URL": "http://localhost:8080"}
+# .env.example values that differ from the service's own default on purpose: empty, the
+# compose file derives PUBLIC_URL from API_PORT.
+DEPLOYMENT_DEFAULTS = {"PUBLIC_URL": ""}
+# Settings the compose files fix for the api whatever .env says (the scale override adds
+# TASK_STORE_URL, the shared PostgreSQL).
+FIXED_BY_COMPOSE = {"HOST", "PORT", "OLLAMA_HOST", "GUARD_PULL"}
+# An image tag that names a release: 0.9.5, 16.6, v1.34.10 (not latest, 16, v1.34-latest).
+VERSION_TAG = re.compile(r"v?\d+\.\d+(\.\d+)*")
 
 
 # --- loading: YAML with Compose's merge tags, .env files, interpolation, merging -------------
@@ -91,38 +98,73 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-_VARIABLE = re.compile(
-    r"\$(?:(?P<escaped>\$)"
-    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
-    r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))"
-)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPS = (":-", ":?", ":+", "-", "?", "+")
+
+
+def _references(text: str) -> Iterator[tuple[int, int, str, str | None, str]]:
+    """Each top-level $ reference of ``text``: (start, end, name, operator, raw argument);
+    name "$" is the escaped $$. A default may hold references itself (nested interpolation:
+    ``${PUBLIC_URL:-http://localhost:${API_PORT:-8080}}``)."""
+    i = 0
+    while (i := text.find("$", i)) != -1:
+        if text.startswith("$$", i):
+            yield i, i + 2, "$", None, ""
+            i += 2
+            continue
+        if not text.startswith("${", i):
+            match = _NAME.match(text, i + 1)
+            if match:
+                yield i, match.end(), match.group(), None, ""
+                i = match.end()
+            else:
+                i += 1
+            continue
+        name = _NAME.match(text, i + 2)
+        assert name, f"bad interpolation in {text!r}"
+        j, depth = name.end(), 1
+        op = next((op for op in _OPS if text.startswith(op, j)), None)
+        arg_start = j + len(op) if op else j
+        k = arg_start
+        while depth:  # the matching brace, past nested ${...}
+            assert k < len(text), f"unclosed interpolation in {text!r}"
+            if text.startswith("${", k):
+                depth, k = depth + 1, k + 2
+                continue
+            if text[k] == "}":
+                depth -= 1
+            k += 1
+        assert op or arg_start == k - 1, f"bad interpolation in {text!r}"
+        yield i, k, name.group(), op, text[arg_start : k - 1]
+        i = k
 
 
 def interpolate_string(text: str, env: Mapping[str, str]) -> str:
     """Compose's interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default},
-    ${VAR:?error}, ${VAR?error}, ${VAR:+alt}, ${VAR+alt}."""
-
-    def substitute(match: re.Match[str]) -> str:
-        if match["escaped"]:
-            return "$"
-        name = match["braced"] or match["plain"]
-        op, arg = match["op"], match["arg"] or ""
+    ${VAR:?error}, ${VAR?error}, ${VAR:+alt}, ${VAR+alt}; defaults may nest."""
+    out, last = [], 0
+    for start, end, name, op, arg in _references(text):
+        out.append(text[last:start])
+        last = end
+        if name == "$":
+            out.append("$")
+            continue
         value = env.get(name)
         unset_or_empty = not value
         if op in (":-", "-"):
             use_default = unset_or_empty if op == ":-" else value is None
-            return arg if use_default else str(value)
-        if op in (":?", "?"):
-            missing = unset_or_empty if op == ":?" else value is None
-            if missing:
+            out.append(interpolate_string(arg, env) if use_default else str(value))
+        elif op in (":?", "?"):
+            if unset_or_empty if op == ":?" else value is None:
                 raise ValueError(f"required variable {name} is missing: {arg}")
-            return str(value)
-        if op in (":+", "+"):
+            out.append(str(value))
+        elif op in (":+", "+"):
             present = not unset_or_empty if op == ":+" else value is not None
-            return arg if present else ""
-        return value or ""
-
-    return _VARIABLE.sub(substitute, text)
+            out.append(interpolate_string(arg, env) if present else "")
+        else:
+            out.append(value or "")
+    out.append(text[last:])
+    return "".join(out)
 
 
 def interpolate(node: Any, env: Mapping[str, str]) -> Any:
@@ -138,7 +180,8 @@ def interpolate(node: Any, env: Mapping[str, str]) -> Any:
 
 
 def variables_in(node: Any) -> dict[str, set[str | None]]:
-    """Each variable a file interpolates, with the defaults it gives it (None: no default)."""
+    """Each variable a file interpolates, with the defaults it gives it (None: no default),
+    as written (a nested default keeps its own reference, whose variable is listed too)."""
     found: dict[str, set[str | None]] = {}
     if isinstance(node, Reset):
         return variables_in(node.value)
@@ -147,11 +190,12 @@ def variables_in(node: Any) -> dict[str, set[str | None]]:
     elif isinstance(node, list):
         items = node
     elif isinstance(node, str):
-        for match in _VARIABLE.finditer(node):
-            name = match["braced"] or match["plain"]
-            if name:
-                default = match["arg"] if match["op"] in (":-", "-") else None
-                found.setdefault(name, set()).add(default)
+        for _, _, name, op, arg in _references(node):
+            if name == "$":
+                continue
+            found.setdefault(name, set()).add(arg if op in (":-", "-") else None)
+            for inner, defaults in variables_in(arg).items():
+                found.setdefault(inner, set()).update(defaults)
         return found
     else:
         return found
@@ -312,6 +356,12 @@ def test_every_api_variable_is_a_setting_the_service_reads() -> None:
             assert settings.base_url == "http://localhost:8080"
             assert settings.guard_screen_input and settings.guard_screen_output
             assert settings.workers == 1 and settings.guard_model == "llama-guard3:1b"
+    # PUBLIC_URL follows the published port unless it is set.
+    for files in (STACKS["default"], STACKS["scale"]):
+        moved = settings_from(api_environment(stack(files, {"API_PORT": "9000"})))
+        assert moved.base_url == "http://localhost:9000"
+        named = {"API_PORT": "9000", "PUBLIC_URL": "https://gis.example"}
+        assert settings_from(api_environment(stack(files, named))).base_url == named["PUBLIC_URL"]
     # A value from .env reaches the service.
     custom = {"WORKERS": "2", "GUARD_BLOCK_CATEGORIES": "S1,S9", "API_TOKENS": "a,b"}
     settings = settings_from(api_environment(stack((COMPOSE,), custom)))
@@ -320,6 +370,109 @@ def test_every_api_variable_is_a_setting_the_service_reads() -> None:
     assert settings.api_tokens == ["a", "b"]
     # Without the scale override the api keeps tasks in memory.
     assert "TASK_STORE_URL" not in api_environment(stack((COMPOSE,), {}))
+
+
+def container_environment(document: Mapping[str, Any], dotenv: Mapping[str, str]) -> dict[str, str]:
+    """What the api container gets: its env_file (``.env``, here ``dotenv``, when present)
+    overlaid by its ``environment:``, as Compose does."""
+    environment: dict[str, str] = {}
+    for entry in document["services"]["api"].get("env_file", []):
+        path = entry["path"] if isinstance(entry, dict) else entry
+        assert path == ".env", f"the api reads {path}"
+        environment.update(dotenv)
+    environment.update(api_environment(document))
+    return environment
+
+
+def test_every_setting_in_dotenv_reaches_the_api() -> None:
+    marker = "from-dotenv"
+    for name, files in STACKS.items():
+        api = stack(files, {})["services"]["api"]
+        # .env is optional: `docker compose up` works without one.
+        assert api["env_file"] == [{"path": ".env", "required": False}], name
+        fixed = FIXED_BY_COMPOSE | ({"TASK_STORE_URL"} if SCALE in files else set())
+        for setting in sorted(SETTINGS_ENV):
+            dotenv = {setting: marker}  # Compose reads .env for interpolation too
+            environment = container_environment(stack(files, dotenv), dotenv)
+            if setting in fixed:
+                assert environment[setting] != marker, f"{name}: {setting} is not fixed"
+            else:
+                assert environment[setting] == marker, f"{name}: {setting} does not reach the api"
+    # A .env copied from .env.example, then edited, configures the service as it says.
+    dotenv = env_defaults() | {"CORS_ALLOW_ORIGINS": "https://app.example", "MAX_BATCH": "16"}
+    dotenv |= {"DRIFT_WINDOW": "500", "TORCH_THREADS": "2"}  # settings .env.example omits
+    settings = settings_from(container_environment(stack((COMPOSE,), dotenv), dotenv))
+    assert settings.cors_allow_origins == ["https://app.example"] and settings.max_batch == 16
+    assert settings.drift_window == 500 and settings.torch_threads == 2
+    assert settings.host == "0.0.0.0" and settings.ollama_host == "http://ollama:11434"
+
+
+def _k8s_images() -> dict[str, str]:
+    images = {}
+    for path in sorted((REPO / "deploy" / "k8s").glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            text = json.dumps(document)
+            for image in re.findall(r'"image": "([^"]+)"', text):
+                images[f"{path.name}: {image}"] = image
+    return images
+
+
+def test_every_image_is_pinned_to_a_version() -> None:
+    for env in ({}, env_defaults()):
+        for name, files in STACKS.items():
+            for service, spec in stack(files, env)["services"].items():
+                _, _, tag = spec["image"].rpartition(":")
+                assert VERSION_TAG.fullmatch(tag), f"{name}: {service} runs {spec['image']}"
+    version = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "version"
+    ]
+    services = stack((COMPOSE,), {})["services"]
+    assert services["api"]["image"] == f"guarded-inference-service:{version}"
+    # Kubernetes runs the same Ollama release as Compose.
+    ollama = services["ollama"]["image"]
+    k8s = _k8s_images()
+    assert k8s and all(VERSION_TAG.fullmatch(image.rpartition(":")[2]) for image in k8s.values())
+    assert {i for i in k8s.values() if i.startswith("ollama/")} == {ollama}
+
+
+def test_the_models_are_warm_before_the_api_starts(tmp_path: Path) -> None:
+    services = stack((COMPOSE,), {})["services"]
+    warm, api = services["model-warm"], services["api"]
+    assert warm["image"] == services["ollama"]["image"] and warm["restart"] == "no"
+    assert api["depends_on"]["model-warm"]["condition"] == "service_completed_successfully"
+    for pull in ("guard-model", "chat-model"):  # warmed once pulled
+        assert warm["depends_on"][pull]["condition"] == "service_completed_successfully"
+    assert warm["environment"]["OLLAMA_HOST"] == api["environment"]["OLLAMA_HOST"]
+    for env in ({}, {"GUARD_MODEL": "llama-guard3:8b", "CHAT_MODEL": "", "GUARD_KEEP_ALIVE": "1h"}):
+        warm_env = stack((COMPOSE,), env)["services"]["model-warm"]["environment"]
+        api_env = stack((COMPOSE,), env)["services"]["api"]["environment"]
+        for name in ("GUARD_MODEL", "CHAT_MODEL", "GUARD_KEEP_ALIVE"):
+            assert warm_env[name] == api_env[name], name  # the models the api will use
+
+    # The script, run with a stand-in `ollama` that logs its arguments.
+    assert warm["entrypoint"][:2] == ["/bin/sh", "-c"]
+    script = warm["entrypoint"][2]
+    fake = tmp_path / "ollama"
+    fake.write_text('#!/bin/sh\necho "$*" >> "$CALLS"\nexit "${FAIL:-0}"\n', encoding="utf-8")
+    fake.chmod(0o755)
+
+    def run(chat_model: str, fail: str = "0") -> tuple[int, list[str]]:
+        calls = tmp_path / "calls"
+        calls.unlink(missing_ok=True)
+        env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CALLS": str(calls), "FAIL": fail}
+        env |= {"GUARD_MODEL": "llama-guard3:1b", "GUARD_KEEP_ALIVE": "30m"}
+        env |= {"CHAT_MODEL": chat_model}
+        done = subprocess.run(["sh", "-c", script], env=env, timeout=30, check=False)
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        return done.returncode, lines
+
+    assert run("llama3.2:1b") == (
+        0,
+        ["run --keepalive 30m llama-guard3:1b hello", "run --keepalive 30m llama3.2:1b hello"],
+    )
+    assert run("") == (0, ["run --keepalive 30m llama-guard3:1b hello"])  # chat off
+    code, calls = run("llama3.2:1b", fail="1")
+    assert code != 0 and calls == ["run --keepalive 30m llama-guard3:1b hello"]  # api waits
 
 
 def test_env_example_documents_every_variable_with_the_files_defaults() -> None:
@@ -336,9 +489,19 @@ def test_env_example_documents_every_variable_with_the_files_defaults() -> None:
     for path in (COMPOSE, SCALE, GPU):
         for name, defaults in variables_in(load_compose(path)).items():
             used.setdefault(name, set()).update(defaults)
-    assert set(example) - COMPOSE_OWN == set(used), "documented vs used variables differ"
+    documented = set(example) - COMPOSE_OWN
+    assert set(used) <= documented, f"undocumented: {sorted(set(used) - documented)}"
+    # What the files do not interpolate are settings, which reach the api by its env_file.
+    assert documented - set(used) <= SETTINGS_ENV, sorted(documented - set(used) - SETTINGS_ENV)
     for name, defaults in used.items():
-        assert defaults == {example[name]}, f"{name}: files say {defaults}, .env.example says"
+        assert len(defaults) == 1, f"{name}: the files give it the defaults {defaults}"
+        (default,) = defaults
+        derived = default is not None and "$" in default  # PUBLIC_URL from API_PORT
+        expected = "" if derived else default
+        assert example[name] == expected, f"{name}: files say {default!r}, .env.example says"
+    # So copying .env.example changes nothing: every stack is the same with it as without.
+    for name, files in STACKS.items():
+        assert stack(files, example) == stack(files, {}), name
 
     # Service settings in .env.example are valid and are the service's own defaults.
     service_vars = {key: value for key, value in example.items() if key in SETTINGS_ENV}
@@ -395,7 +558,7 @@ def test_scale_override_shares_postgres_behind_an_http2_balancer() -> None:
     assert settings_from(api_environment(merged)).task_store_url == str(
         url.render_as_string(hide_password=False)
     )
-    assert postgres["image"] == "postgres:16"
+    assert postgres["image"] == "postgres:16.6"
     assert postgres["volumes"][0].split(":")[0] in merged["volumes"]
     assert postgres["healthcheck"]["test"] == ["CMD", "pg_isready", "-U", "gis", "-d", "gis"]
     # The balancer publishes the API port and reaches the replicas as `api:8080`.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 import sys
 import tomllib
@@ -19,10 +18,10 @@ import pytest
 
 from tests.helpers import REPO, ServerProcess, curl, server_env
 from tests.ollama_double import OllamaDouble
+from tests.test_install import CPU_INDEX, assert_cpu_first_public_fallback, parse_torch_install
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 SERVE = ["python", "-m", "service", "serve"]
 
 
@@ -77,10 +76,13 @@ def test_image_builds_in_stages_from_slim_python_with_the_cpu_build_of_torch() -
     # torch is pinned to the project's version and comes from the CPU-only index.
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     (pin,) = [dep for dep in pyproject["project"]["dependencies"] if dep.startswith("torch")]
+    # The same step as `make install`: the CPU index when it answers, pip's configured index
+    # (PyPI) as the fallback.
+    assert pin == "torch==2.13.0"
     (install,) = [c for c in build.all("RUN") if "torch==" in c.value[0]]
-    argv = shlex.split(install.value[0])
-    assert argv[:2] == ["pip", "install"] and pin in argv and pin == "torch==2.13.0"
-    assert argv[argv.index("--index-url") + 1] == CPU_INDEX
+    defaults = dict(c.value[0].partition("=")[::2] for c in build.all("ARG"))
+    script = re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m[1], m[0]), install.value[0])
+    assert_cpu_first_public_fallback(parse_torch_install(script), pin=pin, index=CPU_INDEX)
     # The package (with its model artifacts) is installed in the build stage and only the
     # virtualenv reaches the runtime stage.
     copied = [c.value for c in build.all("COPY")]

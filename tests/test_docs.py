@@ -227,6 +227,18 @@ def test_configuration_explains_every_setting() -> None:
     assert not unexplained, f"no meaning given for {unexplained}"
 
 
+def test_errors_lists_every_problem_type_with_its_status() -> None:
+    from service.core.errors import ERRORS
+
+    rows = {
+        cells[1].strip("`"): cells[0] for cells in table_rows(DOCS / "errors.md") if len(cells) > 1
+    }
+    for spec in ERRORS.values():
+        assert spec.uri in rows, f"docs/errors.md has no row for {spec.uri}"
+        expected = str(spec.status) if spec.slug != "task-interrupted" else "(A2A only)"
+        assert rows[spec.uri] == expected, f"{spec.uri}: {rows[spec.uri]} in docs/errors.md"
+
+
 def test_glibc_tunables_documented_as_make_sets_them() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     match = re.search(r"^export GLIBC_TUNABLES\s*:?=\s*(\S+)", makefile, re.MULTILINE)

@@ -88,6 +88,10 @@ def test_evaluate_prints_a_table_without_json(aclimdb):
     lines = dict(line.split(None, 1) for line in done.stdout.strip().splitlines())
     assert lines["model"] == "sentiment-cnn-int8" and lines["n"] == "50"
     assert lines["quantization"] == "int8"
+    # Progress goes to stderr: what is read, what is evaluated, a bar that reaches the end.
+    assert f"reading the aclImdb test reviews from {aclimdb}" in done.stderr
+    assert "evaluating sentiment-cnn-int8 on 50 test reviews" in done.stderr
+    assert "evaluate sentiment-cnn-int8: 100%" in done.stderr and "50/50" in done.stderr
 
 
 def test_evaluate_unknown_model_fails_with_a_clear_message(aclimdb):

@@ -75,6 +75,14 @@ ERRORS: dict[str, ErrorSpec] = {
             a2a=None,
         ),
         ErrorSpec(
+            "unsupported-media-type",
+            "Unsupported media type",
+            415,
+            "The request body is not declared as JSON: its Content-Type is missing or is not "
+            "application/json. 'accepted' names the media types the route takes.",
+            a2a=None,
+        ),
+        ErrorSpec(
             "body-timeout",
             "Request body too slow",
             408,

@@ -43,21 +43,6 @@ COLUMNS = {"length": "length", "words": "words", "oov_share": "oov_share",
            "tokens": "token_bucket", "score": "score_bin"}  # fmt: skip
 
 
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--current", required=True, help="texts: .jsonl[.gz], .txt or aclImdb")
-    parser.add_argument("--current-split", help="only rows of this split (train or test)")
-    parser.add_argument("--reference", help="texts as --current; default: the model's profile")
-    parser.add_argument("--reference-split", help="only rows of this split (train or test)")
-    parser.add_argument(
-        "--model", help="model whose vocabulary and scores count (default: DEFAULT_MODEL)"
-    )
-    parser.add_argument("--artifacts", help="artifacts folder (default: the package's own)")
-    parser.add_argument("--sample", type=int, default=0, help="N random texts per side (0: all)")
-    parser.add_argument("--seed", type=int, default=1337, help="seed of --sample")
-    parser.add_argument("--html", help="write Evidently's HTML report here")
-    parser.add_argument("--json", help="write the report's figures as JSON here")
-
-
 def read_texts(path: Path, split: str | None = None) -> list[str]:
     """Texts from JSON Lines (``text`` of each row, gzip or not; ``split`` filters on the
     rows' ``split``), a .txt file (one text per line), or an aclImdb folder or tarball."""

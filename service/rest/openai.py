@@ -33,6 +33,7 @@ from service.core.limits import ItemPath, LimitExceeded
 from service.core.pipeline import GuardedPipeline
 from service.guard.scanner import Message, ScanResult
 from service.models.registry import UnknownModelError
+from service.rest.media import JSONBodyRoute
 from service.rest.schemas import CategoryOut, Problem
 from service.web.problems import add_problem_member
 
@@ -59,7 +60,7 @@ OPENAI_MODERATION_PREFIXES = ("omni-moderation", "text-moderation")
 
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (400, 401, 404, 413, 422, 503, 504)
+    for status in (400, 401, 404, 413, 415, 422, 503, 504)
 }
 
 
@@ -495,7 +496,7 @@ async def _chunks(
 
 def create_openai_router(pipeline: GuardedPipeline, settings: Settings) -> APIRouter:
     """The OpenAI-compatible routes, over ``pipeline``."""
-    router = APIRouter(tags=["openai"])
+    router = APIRouter(tags=["openai"], route_class=JSONBodyRoute)  # bodies are JSON, else 415
     for path in OPENAI_COMPATIBLE_PATHS:
         add_problem_member(path, "error", openai_error)
 

@@ -22,6 +22,7 @@ from service.core.errors import ERRORS
 from service.core.limits import ItemPath, LimitExceeded
 from service.core.pipeline import GuardedPipeline
 from service.guard.scanner import Message
+from service.rest.media import JSONBodyRoute
 from service.rest.openai import create_openai_router, openai_models
 from service.rest.schemas import (
     ClassifyRequest,
@@ -40,7 +41,7 @@ from service.web.problems import problem_response
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (400, 401, 404, 413, 422, 503, 504)
+    for status in (400, 401, 404, 413, 415, 422, 503, 504)
 }
 
 
@@ -57,7 +58,7 @@ def create_routers(pipeline: GuardedPipeline, settings: Settings) -> list[APIRou
     """The /v1 routes and the operations routes, over ``pipeline``."""
     # Full paths, no router prefix: the route object then carries the public path, which
     # the metrics use as their route label.
-    v1 = APIRouter(tags=["v1"])
+    v1 = APIRouter(tags=["v1"], route_class=JSONBodyRoute)  # bodies are JSON, else 415
     ops = APIRouter(tags=["operations"])
 
     @v1.post(

@@ -2,26 +2,42 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import torch
+from tqdm import tqdm
 
 from service.models.moe import SwitchClassifier
 from service.models.registry import LoadedModel, positive_probability
 
 
 def evaluate_loaded(
-    model: LoadedModel, texts: Sequence[str], labels: Sequence[int], batch_size: int = 250
+    model: LoadedModel,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    batch_size: int = 250,
+    *,
+    progress: bool = False,
 ) -> dict:
     """Accuracy over ``texts``; for a Switch model also each expert's share of the kept
     token assignments and the fraction of assignments dropped over capacity (all sequence
-    positions, padding included, as the layer sees them)."""
+    positions, padding included, as the layer sees them). ``progress``: a progress bar on
+    stderr (reviews done, rate, time left)."""
     module = model.module
     is_switch = isinstance(module, SwitchClassifier)
     num_experts = module.config.num_experts if isinstance(module, SwitchClassifier) else 0
     kept = torch.zeros(num_experts, dtype=torch.long)
     correct = dropped = assignments = 0
-    with torch.inference_mode():
+    bar = tqdm(
+        total=len(texts),
+        desc=f"evaluate {model.info.name}",
+        unit="review",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=1.0,
+    )
+    with torch.inference_mode(), bar:
         for start in range(0, len(texts), batch_size):
             ids = model.vectorizer(texts[start : start + batch_size])
             if isinstance(module, SwitchClassifier):
@@ -35,6 +51,7 @@ def evaluate_loaded(
                 p = positive_probability(module, ids)
             truth = torch.tensor(labels[start : start + batch_size])
             correct += int(((p >= 0.5).long() == truth).sum())
+            bar.update(len(truth))
     result: dict = {
         "model": model.info.name,
         "n": len(texts),
