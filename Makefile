@@ -16,7 +16,7 @@ DATA ?= ../shared/data/aclImdb_labelled.tar.gz
 # batch-32 throughput 1,300 -> 2,200 reviews/s).
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824
 
-.PHONY: install run test test-fuzz lint format train bench bench-models bench-http bench-chat bench-drift bench-guard bench-quant guard-double clean
+.PHONY: install run test test-fuzz lint format train bench bench-models bench-http bench-chat bench-drift bench-guard bench-ratios bench-quant guard-double clean
 
 install: $(STAMP)
 
@@ -60,7 +60,7 @@ format: $(STAMP)
 train: $(STAMP)
 	$(PY) -m service train --data $(DATA)
 
-bench: bench-models bench-http bench-chat bench-drift bench-guard
+bench: bench-models bench-http bench-chat bench-drift bench-guard bench-ratios
 
 bench-models: $(STAMP)
 	$(PY) benchmarks/models_bench.py --out benchmarks/results/models.md
@@ -80,6 +80,14 @@ bench-guard: $(STAMP)
 bench-http: $(STAMP)
 	@command -v h2load >/dev/null || { echo "bench-http needs h2load: apt-get install nghttp2-client"; exit 1; }
 	$(PY) benchmarks/http_bench.py --out benchmarks/results/http.md
+
+# The service's overhead goals, each the ratio of two things measured back to back (the floor app,
+# a2a-sdk's hello-world agent, the in-process model, 1 vs 2 workers, unscreened chat),
+# medians of BENCH_RUNS rounds (about 5 minutes for 3 on 2 cores).
+BENCH_RUNS ?= 3
+bench-ratios: $(STAMP)
+	@command -v h2load >/dev/null || { echo "bench-ratios needs h2load: apt-get install nghttp2-client"; exit 1; }
+	$(PY) -m benchmarks.ratios_bench --runs $(BENCH_RUNS) --out benchmarks/results/ratios.md
 
 # The int8 approach against ONNX Runtime and torchao (extra packages: the `bench` extras).
 bench-quant: $(STAMP)

@@ -132,7 +132,8 @@ def _commit(checkout: Path) -> str:
         done = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True)
         return done.stdout.strip()
 
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    # No optional locks: a status never takes the index lock from a commit running beside it.
+    dirty = git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
     return git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
 
 

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,9 +132,11 @@ class _Drain:
 RUNNING_ON = re.compile(r"Running on http://127\.0\.0\.1:(\d+)")
 
 
-def start_double() -> contextlib.AbstractContextManager[str]:
+def start_double(latency: float = 0.0) -> contextlib.AbstractContextManager[str]:
+    """The Ollama test double answering "safe", after ``latency`` seconds per guard call."""
+    latency_args = ["--latency", str(latency)] if latency else []
     return _process(
-        [sys.executable, "-m", "tests.ollama_double", "--port", "0", "--all-safe"],
+        [sys.executable, "-m", "tests.ollama_double", "--port", "0", "--all-safe", *latency_args],
         _env(),
         re.compile(r"listening on (http://127\.0\.0\.1:\d+)"),
     )
@@ -164,10 +166,6 @@ def start_floor() -> contextlib.AbstractContextManager[str]:
 
 def serve_floor() -> None:
     """The floor: a bare FastAPI app under the service's Hypercorn configuration."""
-    from service.config import Settings
-    from service.logging import configure_logging
-    from service.server import bind_socket, build_config
-
     app = FastAPI()
 
     @app.get("/healthz")
@@ -177,6 +175,17 @@ def serve_floor() -> None:
     @app.post("/echo")
     async def echo(request: Request) -> JSONResponse:
         return JSONResponse(await request.json())
+
+    serve_asgi(app)
+
+
+def serve_asgi(app: Any) -> None:
+    """Serve ``app`` on a free 127.0.0.1 port under the service's Hypercorn configuration
+    (default settings, the service's HTTP/2 patch) until SIGTERM; Hypercorn logs the port
+    ("Running on ...", see ``RUNNING_ON``). benchmarks/a2a_hello_agent.py serves with it too."""
+    from service.config import Settings
+    from service.logging import configure_logging
+    from service.server import bind_socket, build_config
 
     settings = Settings(_env_file=None, port=0)
     configure_logging("INFO")
@@ -225,9 +234,10 @@ def h2load(
     duration: float,
     body: bytes | None = None,
     clients: int = 1,
+    headers: Sequence[str] = (),
 ) -> Result:
     """One h2load run: ``clients`` connections with ``streams`` concurrent streams each,
-    prior-knowledge h2c."""
+    prior-knowledge h2c; ``headers`` are extra request headers ("name: value")."""
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "requests.tsv"
         args = ["h2load", "-c", str(clients), "-m", str(streams),
@@ -237,6 +247,8 @@ def h2load(
             data = Path(tmp) / "body.json"
             data.write_bytes(body)
             args += ["-d", str(data), "-H", "content-type: application/json"]
+        for header in headers:
+            args += ["-H", header]
         run = subprocess.run([*args, url], capture_output=True, text=True, check=False)
         if run.returncode != 0:
             raise RuntimeError(f"h2load failed: {run.stdout[-2000:]} {run.stderr[-2000:]}")
