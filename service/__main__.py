@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             "(the one the fp32 CNN was trained with)",
         )
         if name == "train":  # quantize trains nothing: no epochs
-            sub.add_argument("--cnn-epochs", type=int, default=3, help="epochs of the CNN")
+            sub.add_argument("--cnn-epochs", type=int, default=4, help="epochs of the CNN")
             sub.add_argument("--moe-epochs", type=int, default=3, help="epochs of the MoE")
             sub.add_argument(
                 "--only",

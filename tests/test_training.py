@@ -102,3 +102,114 @@ def test_switch_loss_adds_the_aux_loss_of_the_routing_its_own_forward_returned()
     want = F.cross_entropy(want_logits, labels) + config.aux_loss_weight * aux
     torch.testing.assert_close(loss, want)
     assert aux.item() > 0
+
+
+# --- short text: spans of reviews, length-balanced batches, the short-text checks ----------
+
+REVIEWS = [
+    "A great film. The cast is superb!<br /><br />I loved the ending? Yes.",
+    "Awful. Boring plot, terrible acting.",
+    "The film was dreadful from start to finish and the actor hated the plot",
+]
+
+
+def _vectorizer(length: int = 60) -> Vectorizer:
+    from service.training.short_text import sentences
+
+    pieces = [s for text in REVIEWS for s in sentences(text)]
+    return Vectorizer.fit(REVIEWS + pieces, max_tokens=60, sequence_length=length)
+
+
+def test_sentences_split_at_ends_and_line_breaks_and_keep_the_tokens():
+    from service.models.vectorizer import tokenize
+    from service.training.short_text import sentences
+
+    parts = sentences(REVIEWS[0])
+    assert parts == ["A great film.", "The cast is superb!", "I loved the ending?", "Yes."]
+    assert [t for p in parts for t in tokenize(p)] == tokenize(REVIEWS[0])
+
+
+def test_spans_are_runs_of_whole_sentences_of_their_review():
+    from service.training.augment import SpanBatches, SpanConfig
+
+    vec = _vectorizer()
+    config = SpanConfig(extra_spans=1.0, max_sentences=2, max_tokens=60)
+    batches = SpanBatches(vec, REVIEWS, config, seed=0, trim=True)
+    assert batches.starts[0] == [0, 3, 7, 11] and batches.full[0] == vec.token_ids(REVIEWS[0])
+    for _ in range(50):
+        span = batches.span(0)
+        full, starts = batches.full[0], batches.starts[0]
+        begin = next(s for s in starts if full[s : s + len(span)] == span)
+        end = begin + len(span)
+        assert end in [*starts[1:], len(full)]  # it ends where a sentence ends
+        assert sum(begin <= s < end for s in starts) <= 2
+    ids, rows = batches.extra(torch.tensor([0, 1, 2]))
+    assert len(rows) == 3 and ids.shape[1] <= vec.sequence_length
+    capped = SpanBatches(vec, REVIEWS, SpanConfig(max_tokens=4), seed=0)
+    assert all(len(capped.span(2)) == 4 for _ in range(10))  # one 14-token sentence
+
+
+def test_a_trimmed_cnn_batch_computes_what_the_full_padding_does():
+    from service.training.augment import SpanBatches, SpanConfig
+
+    vec = _vectorizer(length=120)
+    torch.manual_seed(0)
+    model = SentimentCNN(CNNConfig(vocab_size=60, sequence_length=120, embed_dim=8, filters=8))
+    model.eval()
+    batches = SpanBatches(vec, REVIEWS, SpanConfig(), seed=0, trim=True)
+    index = torch.tensor([1, 0, 2])
+    trimmed = batches.batch(index)
+    assert trimmed.shape[1] < 120
+    with torch.no_grad():
+        torch.testing.assert_close(model(trimmed), model(vec([REVIEWS[i] for i in index])))
+
+
+def test_length_balanced_order_is_a_permutation_of_sorted_runs():
+    from service.training.train import epoch_order
+
+    lengths = torch.randint(1, 500, (1000,), generator=torch.Generator().manual_seed(0))
+    order = epoch_order(1000, 32, torch.Generator().manual_seed(1), lengths, buckets=10)
+    assert sorted(order.tolist()) == list(range(1000))
+    spread = [int(lengths[b].max() - lengths[b].min()) for b in order[:960].split(32)]
+    assert sum(spread) / len(spread) < 100  # random batches of 32 spread over ~450
+    again = epoch_order(1000, 32, torch.Generator().manual_seed(1), lengths, buckets=10)
+    assert torch.equal(order, again)
+
+
+def test_training_records_the_short_validation_texts():
+    texts, labels = _synthetic(96, seed=1)
+    vec = Vectorizer.fit(texts, max_tokens=40, sequence_length=20)
+    torch.manual_seed(0)
+    model = SentimentCNN(
+        CNNConfig(vocab_size=40, sequence_length=20, embed_dim=8, filters=8, kernel_size=3,
+                  stride=1, hidden=8, dropout=0.1)
+    )  # fmt: skip
+    ids, y = vec(texts), torch.tensor(labels)
+    config = TrainConfig(epochs=2, batch_size=16, max_lr=1e-2, short_weight=0.5)
+    result = train(model, ids, y, ids, y, config, log=lambda _: None, short_val=(ids[:8], y[:8]))
+    assert all("val_short_accuracy" in row for row in result.history)
+
+
+def test_the_short_text_checks_are_balanced_and_held_out():
+    from service.training.data import Review
+    from service.training.short_text import read_other_domains, validation_sentences
+
+    other = read_other_domains()
+    assert len(other.texts) == 300 and sum(other.labels) == 150
+    assert other.domains is not None
+    for domain in set(other.domains):
+        chosen = [y for y, d in zip(other.labels, other.domains, strict=True) if d == domain]
+        assert len(chosen) == 60 and sum(chosen) == 30
+    train_rows = [
+        Review(f"This was {w} and {w} again. Nothing else.", label, "train", f"train/x/{i}_1")
+        for i, (w, label) in enumerate([("wonderful", 1), ("awful", 0)] * 20)
+    ]
+    validation = [
+        Review("The plot. It was a wonderful film overall.", 1, "train", "train/pos/1_10"),
+        Review("It was an awful film overall. Fine.", 0, "train", "train/neg/2_1"),
+        Review("It was an awful film overall.", 0, "train", "train/neg/3_4"),  # rating 4
+    ]
+    got = validation_sentences(train_rows, validation, seed=0, n=10)
+    want = ["It was a wonderful film overall.", "It was an awful film overall."]
+    assert sorted(got.texts) == want
+    assert sorted(got.labels) == [0, 1]

@@ -59,8 +59,12 @@ class Vectorizer:
     def vocab_size(self) -> int:
         return len(self.vocabulary)
 
+    def token_ids(self, text: str) -> list[int]:
+        """Every token's id, neither cut nor padded."""
+        return [self._ids.get(token, 1) for token in tokenize(text)]
+
     def encode(self, text: str) -> list[int]:
-        ids = [self._ids.get(token, 1) for token in tokenize(text)[: self.sequence_length]]
+        ids = self.token_ids(text)[: self.sequence_length]
         return ids + [0] * (self.sequence_length - len(ids))
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from service.training.augment import SpanBatches, SpanConfig
 from service.training.train import TrainConfig, TrainResult, train
 
 if TYPE_CHECKING:
@@ -34,6 +35,9 @@ class DistillConfig:
     temperature: float = 10.0
     alpha: float = 0.1  # weight of the hard-label BCE; 1 - alpha weighs the KL
     checks_per_epoch: int = 2
+    # With spans (distill(spans=...)): the KL to the teacher on spans of each batch's
+    # reviews is added with this weight relative to the reviews' KL.
+    span_weight: float = 0.0
 
     def training(self) -> TrainConfig:
         """The shared loop's settings (AdamW, one-cycle, best-validation checkpoint)."""
@@ -60,6 +64,7 @@ class DistillConfig:
             "checks_per_epoch": self.checks_per_epoch,
             "loss": "alpha x BCE + (1 - alpha) x KL(teacher/T || student/T) x T^2, softmax "
             "over the two classes of each review",
+            "span_weight": self.span_weight,
         }
 
 
@@ -95,6 +100,10 @@ def distillation_loss(
     return config.alpha * bce + (1 - config.alpha) * kl
 
 
+# The rows of a batch -> (student ids of spans of those reviews, the teacher's logits on them).
+SpanTargets = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 def distill(
     model: nn.Module,
     ids: torch.Tensor,
@@ -106,23 +115,32 @@ def distill(
     config: DistillConfig,
     desc: str = "student",
     log: Callable[[str], None] = print,
+    spans: SpanTargets | None = None,
+    short_val: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``ids``: BCE on the rows where ``labelled`` is true, and (with a
-    teacher) KL to ``teacher_logits`` on every row; the shared training loop keeps the
+    teacher) KL to ``teacher_logits`` on every row, plus (with ``spans``) the KL to the
+    teacher on spans of the batch's reviews; the shared training loop keeps the
     best-validation checkpoint. Its running train accuracy is against the targets: the
     label where one is used, else the teacher's answer."""
 
     def batch_loss(module: nn.Module, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = module(ids[index])
         teacher = teacher_logits[index] if teacher_logits is not None else None
-        return logits, distillation_loss(logits, teacher, labels[index], labelled[index], config)
+        loss = distillation_loss(logits, teacher, labels[index], labelled[index], config)
+        if spans is not None and teacher is not None:
+            span_ids, span_teacher = spans(index)
+            t = config.temperature
+            kl = kl_over_classes(module(span_ids), span_teacher, t).mean() * t * t
+            loss = loss + config.span_weight * (1 - config.alpha) * kl
+        return logits, loss
 
     targets = labels
     if teacher_logits is not None:
         targets = torch.where(labelled, labels, (teacher_logits > 0).long())
     return train(
         model, ids, targets, val_ids, val_labels, config.training(), desc=desc, log=log,
-        batch_loss=batch_loss,
+        batch_loss=batch_loss, short_val=short_val,
     )  # fmt: skip
 
 
@@ -170,6 +188,9 @@ ESCALATE_TO = "sentiment-cnn-int8"  # the cascade's second stage
 STUDENT_VOCAB = 10_000  # the teacher's 10,000 most frequent tokens; chosen on validation
 LABELLED = 2_500  # training reviews whose labels the student sees
 BASELINE_EPOCHS = 30  # the no-teacher baseline: 2,500 reviews, best validation checkpoint
+# The KL on spans of the reviews (scored by the teacher) is added with this weight.
+STUDENT_SPANS = SpanConfig(extra_spans=1.0, max_sentences=3, max_tokens=60)
+SPAN_WEIGHT = 1.0
 # Validation accuracy may trail the int8 CNN by this much (the goal allows 0.003 on test).
 CASCADE_MARGIN = 0.002
 
@@ -227,11 +248,25 @@ def build_student(ctx: BuildContext, epochs: int = 12) -> dict:
     n_labelled = int(labelled.sum())
 
     config = StudentConfig(vocab_size=vocab, sequence_length=vectorizer.sequence_length)
-    dcfg = DistillConfig(epochs=epochs, seed=ctx.seed)
+    dcfg = DistillConfig(epochs=epochs, seed=ctx.seed, span_weight=SPAN_WEIGHT)
+    # Spans of the training reviews, scored by the teacher as they are drawn: the student
+    # learns the teacher's answers on short text too (service/training/augment.py).
+    batches = SpanBatches(
+        teacher_vectorizer, [r.text for r in train_reviews], STUDENT_SPANS, seed=ctx.seed,
+        trim=True,
+    )  # fmt: skip
+
+    def span_targets(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        span_ids, _ = batches.extra(index)
+        with torch.no_grad():
+            return _student_ids(span_ids, vocab), teacher(span_ids)
+
+    sentences = ctx.short_sets()[0]
+    short_val = (vectorizer(sentences.texts), torch.tensor(sentences.labels))
     torch.manual_seed(ctx.seed)
     distilled = distill(
         StudentClassifier(config), ids, labels, labelled, teacher_logits, val_ids, val_labels,
-        dcfg, desc="student", log=ctx.log,
+        dcfg, desc="student", log=ctx.log, spans=span_targets, short_val=short_val,
     )  # fmt: skip
     bcfg = DistillConfig(epochs=BASELINE_EPOCHS, seed=ctx.seed, batch_size=32)
     torch.manual_seed(ctx.seed)
@@ -270,6 +305,12 @@ def build_student(ctx: BuildContext, epochs: int = 12) -> dict:
             f"teacher's logits on all {len(ids)} training reviews (the other "
             f"{len(ids) - n_labelled} reviews' labels unused)",
             "vocabulary": f"the teacher's {vocab} most frequent tokens",
+            "spans": {
+                **STUDENT_SPANS.to_dict(),
+                "note": f"per batch, {STUDENT_SPANS.extra_spans:g} x as many spans of its "
+                "reviews (1 to max_sentences sentences), the KL to the teacher's logits on "
+                "them added with span_weight",
+            },
         },
         "training": {
             "best_epoch": distilled.best_epoch,
@@ -367,6 +408,7 @@ def build_cascade(ctx: BuildContext) -> dict:
         "student_accuracy": student.card["test"]["accuracy"],
         "teacher_accuracy": teacher.card["test"]["accuracy"],
     }
+    card["short_text"] = ctx.short_text(cascade.predict_proba)
     write_card(folder, card)
     card["size_bytes"] = folder_size(folder)  # the card alone; the members' sizes add to it
     write_card(folder, card)

@@ -35,6 +35,13 @@ class TrainConfig:
     ema_decay: float = 0.0
     # Validation passes per epoch: the best checkpoint may fall between epoch ends.
     checks_per_epoch: int = 1
+    # The checkpoint kept is the best of (1 - w) x validation accuracy + w x accuracy on
+    # the short validation texts (when train() is given them; w = 0: validation only).
+    short_weight: float = 0.0
+    # Length-balanced batches (0 = off): each run of this many batches of the shuffled
+    # order is sorted by review length before it is cut into batches, and the batches are
+    # shuffled again, so a batch padded only to its longest row wastes little on padding.
+    length_buckets: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -47,6 +54,8 @@ class TrainConfig:
             "seed": self.seed,
             "ema_decay": self.ema_decay,
             "checks_per_epoch": self.checks_per_epoch,
+            "short_weight": self.short_weight,
+            "length_buckets": self.length_buckets,
         }
 
 
@@ -56,6 +65,30 @@ class TrainResult:
     best_epoch: float
     best_val_accuracy: float
     history: list[dict] = field(default_factory=list)
+
+
+def epoch_order(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator,
+    lengths: torch.Tensor | None = None,
+    buckets: int = 0,
+) -> torch.Tensor:
+    """The rows of one epoch in batch order: shuffled, and with ``lengths`` and
+    ``buckets`` length-balanced (see ``TrainConfig.length_buckets``)."""
+    order = torch.randperm(n, generator=generator)
+    if lengths is None or buckets <= 0:
+        return order
+    chunk = batch_size * buckets
+    parts = [order[i : i + chunk] for i in range(0, n, chunk)]
+    order = torch.cat([p[torch.argsort(lengths[p], stable=True)] for p in parts])
+    batches = list(order.split(batch_size))
+    # Only the last chunk can leave a short batch: it stays last, so the loop's fixed
+    # slices of batch_size rows are exactly these batches.
+    short = [b for b in batches if len(b) < batch_size]
+    full = [b for b in batches if len(b) == batch_size]
+    shuffled = torch.randperm(len(full), generator=generator).tolist()
+    return torch.cat([full[i] for i in shuffled] + short)
 
 
 def seed_everything(seed: int) -> None:
@@ -112,9 +145,15 @@ def train(
     desc: str = "train",
     log: Callable[[str], None] = print,
     batch_loss: BatchLoss | None = None,
+    short_val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> TrainResult:
-    """``batch_loss`` replaces the classification loss (e.g. distillation); the running
-    train accuracy is then measured against ``train_labels``, the targets it trains for."""
+    """``batch_loss`` replaces the classification loss (e.g. distillation, or batches of
+    other views of the reviews); the running train accuracy is then measured against
+    ``train_labels``, the targets it trains for. ``short_val`` (ids, labels) is measured at
+    every check too, and weighs in the checkpoint choice by ``config.short_weight``.
+    ``lengths`` (tokens per training row) make the batches length-balanced when
+    ``config.length_buckets`` is set."""
     seed_everything(config.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay
@@ -134,11 +173,13 @@ def train(
         round(steps_per_epoch * (i + 1) / config.checks_per_epoch) - 1
         for i in range(config.checks_per_epoch)
     }
-    best_state, best_acc, best_epoch = None, -1.0, 0.0
+    best_state, best_acc, best_score, best_epoch = None, -1.0, -1.0, 0.0
     history = []
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = torch.randperm(len(train_ids), generator=generator)
+        order = epoch_order(
+            len(train_ids), config.batch_size, generator, lengths, config.length_buckets
+        )
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(
             range(steps_per_epoch),
@@ -168,7 +209,6 @@ def train(
             if step not in check_steps:
                 continue
             val_acc = accuracy(kept, val_ids, val_labels)
-            model.train()
             at = round(epoch - 1 + (step + 1) / steps_per_epoch, 2)
             row = {
                 "epoch": at,
@@ -176,14 +216,21 @@ def train(
                 "train_accuracy": correct / seen,
                 "val_accuracy": val_acc,
             }
+            score, note = val_acc, ""
+            if short_val is not None:
+                short_acc = accuracy(kept, *short_val)
+                row["val_short_accuracy"] = short_acc
+                score = (1 - config.short_weight) * val_acc + config.short_weight * short_acc
+                note = f" short val acc {short_acc:.4f}"
+            model.train()
             history.append(row)
             bar.write(
                 f"{desc} epoch {at}: loss {row['train_loss']:.4f} "
-                f"train acc {row['train_accuracy']:.4f} val acc {val_acc:.4f}",
+                f"train acc {row['train_accuracy']:.4f} val acc {val_acc:.4f}{note}",
                 file=sys.stderr,
             )
-            if val_acc > best_acc:
-                best_acc, best_epoch = val_acc, at
+            if score > best_score:
+                best_score, best_acc, best_epoch = score, val_acc, at
                 best_state = copy.deepcopy(kept.state_dict())
         bar.close()
         log(f"{desc} epoch {epoch} done; best val acc so far {best_acc:.4f} at {best_epoch}")
