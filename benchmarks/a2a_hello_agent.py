@@ -27,6 +27,7 @@ from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
 from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, TaskState
+from a2a.utils.errors import TaskNotCancelableError
 from starlette.applications import Starlette
 
 from benchmarks.http_bench import serve_asgi
@@ -60,7 +61,8 @@ class HelloWorldExecutor(AgentExecutor):
         )
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-        raise NotImplementedError("cancel is not supported")
+        # Every answer is final at once: there is never a task left to cancel.
+        raise TaskNotCancelableError(message="the hello-world agent's tasks end at once")
 
 
 def build_app(task: bool = False) -> Starlette:

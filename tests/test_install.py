@@ -13,7 +13,6 @@ import http.server
 import json
 import os
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -216,7 +215,6 @@ def chosen(report: dict) -> tuple[str, str]:
     return item["metadata"]["version"], item["download_info"]["url"]
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_the_cpu_build_is_taken_when_the_cpu_index_answers(tmp_path: Path, indexes: str) -> None:
     report, _ = run_torch_step(tmp_path, f"{indexes}/cpu", indexes)
     version, url = chosen(report)
@@ -232,7 +230,6 @@ def silent_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.parametrize("kind", ["refused", "silent"])
 def test_the_configured_index_is_the_quick_fallback(
     tmp_path: Path, indexes: str, closed_port: int, silent_port: int, kind: str

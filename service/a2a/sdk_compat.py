@@ -107,9 +107,9 @@ minor release so that such a change is an explicit upgrade.
     back (:func:`checked_jsonrpc_route`).
 15. 0.3 JSON-RPC params. The SDK's 0.3 adapter answers every validation error of a request
     as invalid request (-32600), a message without a ``role`` included; the envelope is a
-    valid request there, its params are not (-32602). :func:`jsonrpc_refusal` validates a
-    0.3 request with the adapter's own model first and answers invalid params, naming the
-    fields, when every error lies in ``params``.
+    valid request there, its params are not (-32602). When the SDK answered -32600 to a 0.3
+    request, :func:`checked_jsonrpc_route` validates it with the adapter's own model and
+    answers invalid params instead, naming the fields, when every error lies in ``params``.
 """
 
 from __future__ import annotations
@@ -962,8 +962,13 @@ def checked_jsonrpc_route(route: Route, path: str | None = None) -> Route:
             v03 = isinstance(error, InvalidParamsError) and payload.get("method") in V03_METHODS
             return _jsonrpc_error(request_id, error, v03=v03)
         response: Response = await endpoint(request)
-        if isinstance(payload, dict) and payload.get("method") == V03_DELETE_PUSH_CONFIG:
+        method = payload.get("method") if isinstance(payload, dict) else None
+        if method == V03_DELETE_PUSH_CONFIG:
             return _with_null_result(response)  # item 14
+        if method in V03_METHODS and _answered_invalid_request(response):
+            params_refusal = _v03_params_refusal(payload.get("id"), method, payload)  # item 15
+            if params_refusal is not None:
+                return _jsonrpc_error(*params_refusal, v03=True)
         return response
 
     return Route(
@@ -1008,13 +1013,13 @@ def jsonrpc_refusal(payload: Any, version: str | None) -> tuple[str | int | None
     if not isinstance(method, str) or method not in V03_METHODS:
         return None
     if not version:
-        return _v03_refusal(request_id, method, payload)
+        return _int32_refusal(request_id, payload.get("params"))
     try:
         major = Version(version).major
     except InvalidVersion:
         major = None
     if major == 0:
-        return _v03_refusal(request_id, method, payload)
+        return _int32_refusal(request_id, payload.get("params"))
     if major == Version(PROTOCOL_VERSION_1_0).major:
         name = V03_METHODS[method]
         return request_id, MethodNotFoundError(
@@ -1034,19 +1039,18 @@ def jsonrpc_refusal(payload: Any, version: str | None) -> tuple[str | int | None
     )
 
 
-def _v03_refusal(
-    request_id: str | int | None, method: str, payload: dict[str, Any]
-) -> tuple[str | int | None, A2AError] | None:
-    return _int32_refusal(request_id, payload.get("params")) or _v03_params_refusal(
-        request_id, method, payload
-    )
+def _answered_invalid_request(response: Response) -> bool:
+    return isinstance(response, JSONResponse) and b'"code":-32600' in bytes(response.body)
 
 
 def _v03_params_refusal(
-    request_id: str | int | None, method: str, payload: dict[str, Any]
+    request_id: Any, method: str, payload: dict[str, Any]
 ) -> tuple[str | int | None, A2AError] | None:
     """Invalid params for a 0.3 request whose envelope is right and whose params are not
-    (item 15): the SDK's 0.3 adapter answers every validation error as -32600."""
+    (item 15): the SDK's 0.3 adapter answers every validation error as -32600. Called only
+    after it did, so a valid request is validated once, by the SDK."""
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int | None):
+        return None
     try:
         JSONRPC03Adapter.METHOD_TO_MODEL[method].model_validate(payload)
     except ValidationError as exc:
