@@ -137,7 +137,12 @@ async def test_jsonrpc_body_that_is_not_json_is_a_parse_error(
 
 @pytest.mark.parametrize("path", JSONRPC_PATHS)
 @pytest.mark.parametrize("version", ["1.0", "0.3"])
-@pytest.mark.parametrize("body", ["[]", "[1]", "1", '"x"', "null", "true", "{}"])
+@pytest.mark.parametrize(
+    "body",
+    ["[]", "[1]", "1", '"x"', "null", "true", "{}",
+     '{"jsonrpc": "2.0", "id": null, "method": {}, "params": {}}',
+     '{"jsonrpc": "2.0", "id": 1, "method": ["message/send"], "params": {}}'],
+)  # fmt: skip
 async def test_jsonrpc_json_that_is_not_a_request_object_is_an_invalid_request(
     http: httpx.AsyncClient, path: str, version: str, body: str
 ) -> None:

@@ -963,6 +963,8 @@ def checked_jsonrpc_route(route: Route, path: str | None = None) -> Route:
             return _jsonrpc_error(request_id, error, v03=v03)
         response: Response = await endpoint(request)
         method = payload.get("method") if isinstance(payload, dict) else None
+        if not isinstance(method, str):
+            return response  # the SDK has answered a method that is no name (-32600)
         if method == V03_DELETE_PUSH_CONFIG:
             return _with_null_result(response)  # item 14
         if method in V03_METHODS and _answered_invalid_request(response):
