@@ -101,23 +101,24 @@ class CascadeModel:
         """:meth:`forward` from the teacher's token ids (when the vocabularies are shared)."""
         if not self._shared_ids:
             raise ValueError("the student's vocabulary is not a prefix of the teacher's")
+        # Ids beyond the student's vocabulary become its out-of-vocabulary id (the student's
+        # table maps id ``vocab_size`` to that row).
         limit = self.student.vectorizer.vocab_size
-        return self._forward(torch.where(teacher_ids < limit, teacher_ids, 1), teacher_ids, ())
+        return self._forward(teacher_ids.clamp(max=limit), teacher_ids, ())
 
     def _forward(
         self, student_ids: torch.Tensor, teacher_ids: torch.Tensor | None, texts: Sequence[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
             p = positive_probability(self.student.module, student_ids)
-            escalated = torch.maximum(p, 1 - p) < self.threshold
-            if bool(escalated.any()):  # one batched forward for all the unsure texts
-                index = escalated.nonzero().squeeze(1)
+            escalated = torch.maximum(p, 1 - p) < self.threshold  # as the card's rule
+            index = escalated.nonzero().squeeze(1)
+            if len(index):  # one batched forward for all the unsure texts
                 if teacher_ids is not None:
-                    ids = teacher_ids[index]
+                    ids = teacher_ids.index_select(0, index)
                 else:
                     ids = self.teacher.vectorizer([texts[int(i)] for i in index])
-                p = p.clone()
-                p[index] = positive_probability(self.teacher.module, ids)
+                p = p.index_put((index,), positive_probability(self.teacher.module, ids))
         return p, escalated
 
     def predict_proba(self, texts: Sequence[str]) -> list[float]:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from service.models.cnn import CNNConfig, SentimentCNN
+from service.models.padding import trim_for_convolutions
 
 GROUP = 32
 INT8_MAX = 127
@@ -140,6 +141,8 @@ class Int8SentimentCNN(nn.Module):
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         cfg = self.config
+        # Integer convolutions, so trailing padding cut this way changes no output bit.
+        token_ids = trim_for_convolutions(token_ids, cfg.kernel_size, cfg.stride, layers=2)
         batch = token_ids.shape[0]
         x = self.embedding.index_select(0, token_ids.reshape(-1)).reshape(
             batch, token_ids.shape[1], -1

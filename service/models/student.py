@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 INT8_MAX = 127
+OOV_ID = 1  # the vectorizer's out-of-vocabulary id
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,12 @@ def student_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class FoldedStudent(nn.Module):
-    """Inference form of the shipped student: ``relu(E W^T + b)`` precomputed per token."""
+    """Inference form of the shipped student: ``relu(E W^T + b)`` precomputed per token.
+
+    The table has one row more than the vocabulary, a copy of the out-of-vocabulary row, so
+    ids of a larger vocabulary that begins with this one (the cascade's teacher's) are read
+    after ``clamp(max=vocab_size)``: one cheap op instead of a ``where`` over the batch.
+    """
 
     table: torch.Tensor
     dense_weight: torch.Tensor
@@ -81,7 +87,7 @@ class FoldedStudent(nn.Module):
         table = torch.relu(
             embedding @ tensors["token_dense.weight"].t() + tensors["token_dense.bias"]
         )
-        self.register_buffer("table", table.contiguous())
+        self.register_buffer("table", torch.cat([table, table[OOV_ID : OOV_ID + 1]]).contiguous())
         self.register_buffer("dense_weight", tensors["dense.weight"].t().contiguous())
         self.register_buffer("dense_bias", tensors["dense.bias"].clone())
         self.register_buffer("output_weight", tensors["output.weight"].reshape(-1).clone())

@@ -169,7 +169,7 @@ def choose_threshold(
     """The lowest threshold (so the fewest escalations) whose cascade accuracy on these
     (validation) texts is at least the teacher's minus ``margin``."""
     target = float(((teacher_p >= 0.5).long() == labels).float().mean()) - margin
-    grid = candidates or [0.5 + i / 1000 for i in range(501)]
+    grid = candidates or [round(0.5 + i / 1000, 3) for i in range(501)]
     for threshold in grid:
         acc, rate = cascade_accuracy(student_p, teacher_p, labels, threshold)
         if acc >= target:
@@ -191,8 +191,10 @@ BASELINE_EPOCHS = 30  # the no-teacher baseline: 2,500 reviews, best validation 
 # The KL on spans of the reviews (scored by the teacher) is added with this weight.
 STUDENT_SPANS = SpanConfig(extra_spans=1.0, max_sentences=3, max_tokens=60)
 SPAN_WEIGHT = 1.0
-# Validation accuracy may trail the int8 CNN by this much (the goal allows 0.003 on test).
-CASCADE_MARGIN = 0.002
+# Validation accuracy may trail the int8 CNN by this much: the 0.3 points the service allows
+# on test. (Between thresholds 0.83 and 0.9 the validation accuracy moves by a few reviews
+# in 5,000, while the escalations fall from 25% to 16%.)
+CASCADE_MARGIN = 0.003
 
 
 def _logits(module: nn.Module, ids: torch.Tensor, batch: int = 250) -> torch.Tensor:
