@@ -176,10 +176,10 @@ class LlamaGuard:
             while True:
                 attempts += 1
                 try:
-                    async with self._semaphore:
-                        response = await asyncio.wait_for(
-                            self._chat(conversation), self.settings.guard_timeout
-                        )
+                    # asyncio.timeout, not wait_for: no task of its own, so the slot is
+                    # given back as soon as the answer is read (one loop pass sooner).
+                    async with self._semaphore, asyncio.timeout(self.settings.guard_timeout):
+                        response = await self._chat(conversation)
                     break
                 except Exception as exc:  # every failure becomes a GuardError
                     error, retryable = classify(exc, self.model, self.settings.guard_timeout)
