@@ -176,15 +176,19 @@ def test_length_balanced_order_is_a_permutation_of_sorted_runs():
     assert torch.equal(order, again)
 
 
-def test_training_records_the_short_validation_texts():
-    texts, labels = _synthetic(96, seed=1)
+def _tiny_cnn_and_data(seed: int) -> tuple[SentimentCNN, torch.Tensor, torch.Tensor]:
+    texts, labels = _synthetic(96, seed=seed)
     vec = Vectorizer.fit(texts, max_tokens=40, sequence_length=20)
     torch.manual_seed(0)
     model = SentimentCNN(
         CNNConfig(vocab_size=40, sequence_length=20, embed_dim=8, filters=8, kernel_size=3,
                   stride=1, hidden=8, dropout=0.1)
     )  # fmt: skip
-    ids, y = vec(texts), torch.tensor(labels)
+    return model, vec(texts), torch.tensor(labels)
+
+
+def test_training_records_the_short_validation_texts():
+    model, ids, y = _tiny_cnn_and_data(seed=1)
     config = TrainConfig(epochs=2, batch_size=16, max_lr=1e-2, short_weight=0.5)
     result = train(model, ids, y, ids, y, config, log=lambda _: None, short_val=(ids[:8], y[:8]))
     assert all("val_short_accuracy" in row for row in result.history)
@@ -213,3 +217,15 @@ def test_the_short_text_checks_are_balanced_and_held_out():
     want = ["It was a wonderful film overall.", "It was an awful film overall."]
     assert sorted(got.texts) == want
     assert sorted(got.labels) == [0, 1]
+
+
+def test_a_validation_score_chooses_the_checkpoint_instead_of_the_accuracy():
+    model, ids, y = _tiny_cnn_and_data(seed=2)
+    scores = iter([0.2, 0.9, 0.1, 0.3])  # the second check must be kept, whatever its accuracy
+    config = TrainConfig(epochs=4, batch_size=16, max_lr=1e-2)
+    result = train(
+        model, ids, y, ids, y, config, log=lambda _: None, val_score=lambda _m: next(scores)
+    )
+    assert [row["val_score"] for row in result.history] == [0.2, 0.9, 0.1, 0.3]
+    assert result.best_epoch == 2.0 and result.best_val_score == 0.9
+    assert result.best_val_accuracy == result.history[1]["val_accuracy"]

@@ -65,6 +65,7 @@ class TrainResult:
     best_epoch: float
     best_val_accuracy: float
     history: list[dict] = field(default_factory=list)
+    best_val_score: float = -1.0  # the checkpoint's selection score (the accuracy if none)
 
 
 def epoch_order(
@@ -147,13 +148,16 @@ def train(
     batch_loss: BatchLoss | None = None,
     short_val: tuple[torch.Tensor, torch.Tensor] | None = None,
     lengths: torch.Tensor | None = None,
+    val_score: Callable[[nn.Module], float] | None = None,
 ) -> TrainResult:
     """``batch_loss`` replaces the classification loss (e.g. distillation, or batches of
     other views of the reviews); the running train accuracy is then measured against
     ``train_labels``, the targets it trains for. ``short_val`` (ids, labels) is measured at
     every check too, and weighs in the checkpoint choice by ``config.short_weight``.
     ``lengths`` (tokens per training row) make the batches length-balanced when
-    ``config.length_buckets`` is set."""
+    ``config.length_buckets`` is set. ``val_score(model)`` (higher is better), when given,
+    chooses the checkpoint instead of the validation accuracy (e.g. a ranking measure where
+    accuracy at the default threshold only tells the majority class apart)."""
     seed_everything(config.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay
@@ -174,6 +178,7 @@ def train(
         for i in range(config.checks_per_epoch)
     }
     best_state, best_acc, best_score, best_epoch = None, -1.0, -1.0, 0.0
+    best_val_score = -1.0
     history = []
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -217,7 +222,11 @@ def train(
                 "val_accuracy": val_acc,
             }
             score, note = val_acc, ""
-            if short_val is not None:
+            if val_score is not None:
+                score = val_score(kept)
+                row["val_score"] = score
+                note = f" val score {score:.4f}"
+            elif short_val is not None:
                 short_acc = accuracy(kept, *short_val)
                 row["val_short_accuracy"] = short_acc
                 score = (1 - config.short_weight) * val_acc + config.short_weight * short_acc
@@ -231,6 +240,7 @@ def train(
             )
             if score > best_score:
                 best_score, best_acc, best_epoch = score, val_acc, at
+                best_val_score = score
                 best_state = copy.deepcopy(kept.state_dict())
         bar.close()
         log(f"{desc} epoch {epoch} done; best val acc so far {best_acc:.4f} at {best_epoch}")
@@ -238,5 +248,9 @@ def train(
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(
-        model=model, best_epoch=best_epoch, best_val_accuracy=best_acc, history=history
+        model=model,
+        best_epoch=best_epoch,
+        best_val_accuracy=best_acc,
+        history=history,
+        best_val_score=best_val_score,
     )
