@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from service.models.artifacts import PACKAGE_ARTIFACTS, ArtifactError
 from service.models.cascade import CascadeModel
@@ -72,6 +73,26 @@ def test_the_cascade_escalates_exactly_the_texts_below_its_threshold(registry, t
     card["threshold"] = confidences[len(texts) // 2]
     half = CascadeModel(card, student, teacher, size_bytes=0)
     assert _check_escalation(half, student, teacher, texts) == len(texts) // 2
+
+
+def test_the_student_reads_the_teachers_unknown_ids_as_its_own_oov(registry, texts):
+    # The cascade clamps the teacher's ids past the student's vocabulary onto the student's
+    # OOV copy; a student table without that copy takes the where() path. Both must read
+    # them as the student's own tokenization does.
+    cascade = _cascade(registry)
+    student, _ = _members(registry)
+    assert cascade._clamp_to_oov  # the shipped student keeps the copy
+    ids = cascade.teacher.vectorizer(texts[:40])
+    assert bool((ids >= student.vectorizer.vocab_size).any())  # the sample has such words
+    own = student.predict_proba(texts[:40])
+    clamped = cascade.forward_ids(ids)[0]
+    card = copy.deepcopy(cascade.card)
+    without_copy = CascadeModel(card, student, cascade.teacher, size_bytes=0)
+    without_copy._clamp_to_oov = False
+    assert torch.equal(without_copy.forward_ids(ids)[0], clamped)
+    student_only = clamped[~cascade.forward_ids(ids)[1]]
+    expected = torch.tensor(own)[~cascade.forward_ids(ids)[1]]
+    torch.testing.assert_close(student_only, expected, rtol=0, atol=1e-6)
 
 
 def test_the_cascade_gives_the_same_answer_alone_and_in_a_batch(registry, texts):

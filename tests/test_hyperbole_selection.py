@@ -36,10 +36,13 @@ def test_the_threshold_maximises_validation_accuracy_nearest_zero_among_equals()
     t = best_threshold(logits, labels)
     assert 1.0 <= t < 3.0 and np.all((logits > t) == labels.astype(bool))
     assert t == 2.0  # the midpoint between the two classes' nearest scores
-    # Every threshold from below all scores up to 0.5 gives the same accuracy here: 0 wins.
+    # Every threshold in [-1, 0.5) gives all three right here: of those, 0 wins.
     assert best_threshold(np.array([-1.0, 0.5, 1.0]), np.array([0, 1, 1])) == 0.0
-    # All one class: the threshold below every score (all positive) or above (all negative).
-    assert np.all(np.array([1.0, 2.0]) > best_threshold(np.array([1.0, 2.0]), np.array([1, 1])))
+    # All positive: any threshold below both scores is right, and 0 is one of them.
+    assert best_threshold(np.array([1.0, 2.0]), np.array([1, 1])) == 0.0
+    # All positive with a score below 0: the threshold must go below it, not stay at 0.
+    t = best_threshold(np.array([-3.0, 2.0]), np.array([1, 1]))
+    assert t < -3.0
 
 
 def test_shifting_the_head_moves_the_decision_boundary_only():

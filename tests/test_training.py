@@ -2,6 +2,7 @@
 
 import random
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -222,10 +223,32 @@ def test_the_short_text_checks_are_balanced_and_held_out():
 def test_a_validation_score_chooses_the_checkpoint_instead_of_the_accuracy():
     model, ids, y = _tiny_cnn_and_data(seed=2)
     scores = iter([0.2, 0.9, 0.1, 0.3])  # the second check must be kept, whatever its accuracy
+    states: list[dict[str, torch.Tensor]] = []
+
+    def score(checked: nn.Module) -> float:
+        states.append({k: v.clone() for k, v in checked.state_dict().items()})
+        return next(scores)
+
     config = TrainConfig(epochs=4, batch_size=16, max_lr=1e-2)
-    result = train(
-        model, ids, y, ids, y, config, log=lambda _: None, val_score=lambda _m: next(scores)
-    )
+    result = train(model, ids, y, ids, y, config, log=lambda _: None, val_score=score)
     assert [row["val_score"] for row in result.history] == [0.2, 0.9, 0.1, 0.3]
     assert result.best_epoch == 2.0 and result.best_val_score == 0.9
     assert result.best_val_accuracy == result.history[1]["val_accuracy"]
+    # The weights of that check are the ones restored, not the last epoch's.
+    final = result.model.state_dict()
+    assert all(torch.equal(final[k], v) for k, v in states[1].items())
+    assert not all(torch.equal(final[k], v) for k, v in states[3].items())
+
+
+def test_a_validation_score_and_short_texts_cannot_both_choose():
+    model, ids, y = _tiny_cnn_and_data(seed=3)
+    with pytest.raises(ValueError, match="not both"):
+        train(model, ids, y, ids, y, TrainConfig(epochs=1), log=lambda _: None,
+              val_score=lambda _m: 0.5, short_val=(ids[:4], y[:4]))  # fmt: skip
+
+
+def test_no_checkpoint_to_keep_is_a_clear_error():
+    model, ids, y = _tiny_cnn_and_data(seed=4)
+    with pytest.raises(ValueError, match="no validation check"):
+        train(model, ids, y, ids, y, TrainConfig(epochs=1), log=lambda _: None,
+              val_score=lambda _m: float("nan"))  # fmt: skip

@@ -176,8 +176,8 @@ class LlamaGuard:
             while True:
                 attempts += 1
                 try:
-                    # asyncio.timeout, not wait_for: no task of its own, so the slot is
-                    # given back as soon as the answer is read (one loop pass sooner).
+                    # asyncio.timeout, not wait_for, which on Python 3.11 runs the call in a
+                    # task of its own: the slot is given back one loop pass sooner.
                     async with self._semaphore, asyncio.timeout(self.settings.guard_timeout):
                         response = await self._chat(conversation)
                     break

@@ -18,6 +18,7 @@ import torch
 
 from service.models.artifacts import CARD, ArtifactError, folder_size
 from service.models.registry import LoadedModel, ModelInfo, Prediction, positive_probability
+from service.models.student import OOV_ID
 
 ARCHITECTURE = "cascade"
 
@@ -57,6 +58,11 @@ class CascadeModel:
         self._shared_ids = (
             t_vocab[: len(s_vocab)] == s_vocab
             and student.vectorizer.sequence_length == teacher.vectorizer.sequence_length
+        )
+        # Teacher ids past the student's vocabulary become its out-of-vocabulary id: by one
+        # clamp when the student's table keeps an OOV copy right after its vocabulary.
+        self._clamp_to_oov = (
+            getattr(student.module, "oov_copy_id", None) == student.vectorizer.vocab_size
         )
         self.info = ModelInfo(
             name=card["name"],
@@ -101,10 +107,12 @@ class CascadeModel:
         """:meth:`forward` from the teacher's token ids (when the vocabularies are shared)."""
         if not self._shared_ids:
             raise ValueError("the student's vocabulary is not a prefix of the teacher's")
-        # Ids beyond the student's vocabulary become its out-of-vocabulary id (the student's
-        # table maps id ``vocab_size`` to that row).
         limit = self.student.vectorizer.vocab_size
-        return self._forward(teacher_ids.clamp(max=limit), teacher_ids, ())
+        if self._clamp_to_oov:
+            student_ids = teacher_ids.clamp(max=limit)
+        else:
+            student_ids = torch.where(teacher_ids < limit, teacher_ids, OOV_ID)
+        return self._forward(student_ids, teacher_ids, ())
 
     def _forward(
         self, student_ids: torch.Tensor, teacher_ids: torch.Tensor | None, texts: Sequence[str]

@@ -88,6 +88,7 @@ class FoldedStudent(nn.Module):
             embedding @ tensors["token_dense.weight"].t() + tensors["token_dense.bias"]
         )
         self.register_buffer("table", torch.cat([table, table[OOV_ID : OOV_ID + 1]]).contiguous())
+        self.oov_copy_id = config.vocab_size  # the row an id clamped to vocab_size reads
         self.register_buffer("dense_weight", tensors["dense.weight"].t().contiguous())
         self.register_buffer("dense_bias", tensors["dense.bias"].clone())
         self.register_buffer("output_weight", tensors["output.weight"].reshape(-1).clone())

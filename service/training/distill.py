@@ -9,6 +9,7 @@ labels the student may see (``labelled``); the KL term counts every review.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -167,12 +168,16 @@ def choose_threshold(
     candidates: Sequence[float] | None = None,
 ) -> dict:
     """The lowest threshold (so the fewest escalations) whose cascade accuracy on these
-    (validation) texts is at least the teacher's minus ``margin``."""
-    target = float(((teacher_p >= 0.5).long() == labels).float().mean()) - margin
+    (validation) texts is at least the teacher's minus ``margin``. Compared in counts of
+    correct texts, so a choice on the boundary does not hang on float rounding."""
+    n = len(labels)
+    teacher_correct = int(((teacher_p >= 0.5).long() == labels).sum())
+    target_correct = teacher_correct - math.floor(margin * n + 1e-9)
+    target = target_correct / n
     grid = candidates or [round(0.5 + i / 1000, 3) for i in range(501)]
     for threshold in grid:
         acc, rate = cascade_accuracy(student_p, teacher_p, labels, threshold)
-        if acc >= target:
+        if round(acc * n) >= target_correct:
             return {"threshold": threshold, "accuracy": acc, "escalation_rate": rate,
                     "target": target}  # fmt: skip
     acc, rate = cascade_accuracy(student_p, teacher_p, labels, grid[-1])

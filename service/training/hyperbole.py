@@ -5,12 +5,12 @@ of the same network, the same network trained from scratch, and the majority cla
 Rows of one ``group`` are variants of one sentence (the hyperbole, its literal paraphrase,
 a literal use of the same words), so the split is by group: a test sentence's siblings are
 never in training. A third of the sentences are hyperboles, and on these few the networks
-stay close to always answering "literal" (that accuracy, 0.665, is what the best checkpoint
-by validation accuracy had), so every variant keeps the checkpoint with the best
-validation ROC AUC (how well its scores rank hyperboles above literal sentences), then its
-decision threshold is the logit with the best validation accuracy, folded into the head's
-bias so the served score reads as usual (hyperbole when P >= 0.5). The test groups are
-used once, for the card.
+stay close to always answering "literal" (the best checkpoint by validation accuracy did
+exactly that), so every variant keeps the checkpoint with the best validation ROC AUC (how
+well its scores rank hyperboles above literal sentences), then its decision threshold is
+the logit with the best validation accuracy, folded into the head's bias so the served
+score reads as usual (hyperbole when P >= 0.5). The test groups are used once, for the
+card.
 """
 
 from __future__ import annotations
@@ -323,7 +323,7 @@ def build_hyperbole(
         "training": {
             **adapter_config.to_dict(),
             "best_epoch": adapted.best_epoch,
-            "best_val_accuracy": adapted.best_val_accuracy,
+            "best_val_auc": adapted.best_val_score,  # history: accuracy at logit 0, per check
             "history": adapted.history,
         },
         "data": {

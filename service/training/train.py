@@ -8,6 +8,7 @@ running loss and accuracy.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import sys
 from collections.abc import Callable
@@ -65,7 +66,9 @@ class TrainResult:
     best_epoch: float
     best_val_accuracy: float
     history: list[dict] = field(default_factory=list)
-    best_val_score: float = -1.0  # the checkpoint's selection score (the accuracy if none)
+    # The kept checkpoint's selection score: val_score's, else the validation accuracy (or
+    # its mix with the short-text accuracy).
+    best_val_score: float = -math.inf
 
 
 def epoch_order(
@@ -177,8 +180,9 @@ def train(
         round(steps_per_epoch * (i + 1) / config.checks_per_epoch) - 1
         for i in range(config.checks_per_epoch)
     }
-    best_state, best_acc, best_score, best_epoch = None, -1.0, -1.0, 0.0
-    best_val_score = -1.0
+    if val_score is not None and short_val is not None:
+        raise ValueError("give val_score or short_val, not both: each chooses the checkpoint")
+    best_state, best_acc, best_score, best_epoch = None, -1.0, -math.inf, 0.0
     history = []
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -238,13 +242,13 @@ def train(
                 f"train acc {row['train_accuracy']:.4f} val acc {val_acc:.4f}{note}",
                 file=sys.stderr,
             )
-            if score > best_score:
+            if score > best_score:  # a NaN score is never kept
                 best_score, best_acc, best_epoch = score, val_acc, at
-                best_val_score = score
                 best_state = copy.deepcopy(kept.state_dict())
         bar.close()
         log(f"{desc} epoch {epoch} done; best val acc so far {best_acc:.4f} at {best_epoch}")
-    assert best_state is not None
+    if best_state is None:
+        raise ValueError(f"{desc}: no validation check gave a score to keep (NaN scores?)")
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(
@@ -252,5 +256,5 @@ def train(
         best_epoch=best_epoch,
         best_val_accuracy=best_acc,
         history=history,
-        best_val_score=best_val_score,
+        best_val_score=best_score,
     )
