@@ -10,8 +10,11 @@ screen and a new text every request (no cached verdict).
    the table gives the share of that bound reached, and the refusals (503) counted.
 
     python -m benchmarks.guard_latency_bench [--latency 0.03] [--requests 200]
-        [--streams 16,64] [--duration 6] [--compare PATH]
+        [--streams 16,64] [--duration 6] [--rounds 3] [--compare PATH]
         [--out benchmarks/results/guard_latency.md]
+
+Every figure is the median of ``--rounds`` rounds (a fresh service each round; with
+``--compare``, the checkouts take turns round by round); the table lists each round too.
 
 It starts the Ollama test double with that latency and the service (one worker, h2c) on
 127.0.0.1, checking every answer. ``--compare PATH`` also measures the service from another
@@ -125,6 +128,24 @@ def run(
     }
 
 
+def _median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds, and the rounds' own figures."""
+    scale = {
+        n: {key: statistics.median(r["scale"][n][key] for r in results)
+            for key in ("rps", "refused_ps", "p50_ms")}
+        for n in results[0]["scale"]
+    }  # fmt: skip
+    return {
+        "p50_ms": statistics.median(r["p50_ms"] for r in results),
+        "p90_ms": statistics.median(r["p90_ms"] for r in results),
+        "scale": scale,
+        "rounds": {
+            "p50_ms": [r["p50_ms"] for r in results],
+            "scale": {n: [r["scale"][n]["rps"] for r in results] for n in scale},
+        },
+    }
+
+
 def _commit(checkout: Path) -> str:
     """The checkout's commit, with "+changes" when its work tree differs from it."""
 
@@ -143,20 +164,26 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--streams", default="16,64", help="concurrent streams at scale")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per scale run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians")
     parser.add_argument("--compare", type=Path, help="another checkout, measured first")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/guard_latency.md")
     args = parser.parse_args()
     double = [sys.executable, "-m", "tests.ollama_double", "--port", "0", "--all-safe"]
     ready = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
-    rows = []
+    checkouts = [*([args.compare] if args.compare else []), REPO]
+    labels = {c: f"{'this checkout' if c == REPO else c} ({_commit(c)})" for c in checkouts}
+    streams = [int(n) for n in args.streams.split(",") if n]
+    rounds: dict[Path, list[dict[str, Any]]] = {c: [] for c in checkouts}
     with _process([*double, "--latency", str(args.latency)], _env(), ready) as double_url:
-        checkouts = [args.compare] if args.compare else []
-        for checkout in [*checkouts, REPO]:
-            label = f"{'this checkout' if checkout == REPO else checkout} ({_commit(checkout)})"
-            streams = [int(n) for n in args.streams.split(",") if n]
-            result = run(checkout, double_url, args.requests, streams, args.duration)
-            rows.append((label, result))
-            print(f"{label}: p50 {result['p50_ms']:.1f} ms", file=sys.stderr)
+        for index in range(args.rounds):
+            for checkout in checkouts:
+                result = run(checkout, double_url, args.requests, streams, args.duration)
+                rounds[checkout].append(result)
+                print(f"round {index + 1} {labels[checkout]}: p50 {result['p50_ms']:.1f} ms, "
+                      + ", ".join(f"{n} streams {r['rps']:.1f}/s"
+                                  for n, r in result["scale"].items()),
+                      file=sys.stderr)  # fmt: skip
+    rows = [(labels[c], _median_of(rounds[c])) for c in checkouts]
     screen_ms = args.latency * 1e3
     lines = [
         "# Guard latency benchmark",
@@ -165,18 +192,21 @@ def main() -> int:
         "",
         f"Produced by `python -m benchmarks.guard_latency_bench --latency {args.latency}"
         f"{' --compare ' + str(args.compare) if args.compare else ''}` on "
-        f"{time.strftime('%Y-%m-%d')}: {args.requests} requests one at a time over one h2c "
+        f"{time.strftime('%Y-%m-%d')}, {args.rounds} round(s), each figure the median over "
+        f"the rounds: {args.requests} requests one at a time over one h2c "
         f"connection, a new text each (every screen calls the guard), the guard stand-in "
         f"(the Ollama test double) adding {screen_ms:.0f} ms to every screen; one worker. "
         "Latency is measured by the client; one screen = the added guard latency.",
         "",
-        "| service | p50 ms | p90 ms | p50 in screens |",
-        "|---|---:|---:|---:|",
+        "| service | p50 ms | p90 ms | p50 in screens | p50 per round (ms) |",
+        "|---|---:|---:|---:|---|",
     ]
     for label, result in rows:
         lines.append(
             f"| {label} | {result['p50_ms']:.1f} | {result['p90_ms']:.1f} | "
-            f"{result['p50_ms'] / screen_ms:.2f} |"
+            f"{result['p50_ms'] / screen_ms:.2f} | "
+            + " / ".join(f"{v:.1f}" for v in result["rounds"]["p50_ms"])
+            + " |"
         )
     concurrency = GUARD_CONCURRENCY
     bound = concurrency / (2 * args.latency)
@@ -189,14 +219,16 @@ def main() -> int:
         f"allows at most {concurrency} / (2 screens x {screen_ms:.0f} ms) = {bound:.0f} "
         "requests/s.",
         "",
-        "| service | streams | answered/s | share of the bound | refused (503)/s | p50 ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| service | streams | answered/s | share of the bound | refused (503)/s | p50 ms "
+        "| answered/s per round |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for label, result in rows:
         for streams_n, scale in result["scale"].items():
+            per_round = " / ".join(f"{v:.1f}" for v in result["rounds"]["scale"][streams_n])
             lines.append(
                 f"| {label} | {streams_n} | {scale['rps']:.1f} | {scale['rps'] / bound:.0%} | "
-                f"{scale['refused_ps']:.1f} | {scale['p50_ms']:.1f} |"
+                f"{scale['refused_ps']:.1f} | {scale['p50_ms']:.1f} | {per_round} |"
             )
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
