@@ -226,11 +226,13 @@ def test_registry_discovers_adapters_and_serves_mixed_batches(tmp_path: Path) ->
     )
     assert registry.names() == ["sentiment-cnn", "hyperbole-lora", "exaggeration"]
     info = registry.info("exaggeration")
-    assert info.base == "sentiment-cnn" and info.adapter == {
+    assert info.base == "sentiment-cnn" and info.adapter is not None
+    assert {k: info.adapter[k] for k in ("rank", "alpha", "merged")} == {
         "rank": 4,
         "alpha": 8.0,
         "merged": False,
     }
+    assert info.adapter["test_auc"] == card["adapter_test_auc"]["auc"]
     assert registry.batch_group("hyperbole-lora") == "sentiment-cnn"
     names = ["sentiment-cnn", "hyperbole-lora", "exaggeration", "hyperbole-lora", "sentiment-cnn"]
     mixed = registry.predict_mixed(list(zip(names, TEXTS, strict=True)))
@@ -248,7 +250,9 @@ def test_merged_adapter_answers_like_the_shared_one(tmp_path: Path) -> None:
     shared = ModelRegistry.load(["hyperbole-lora"])
     merged = ModelRegistry.load(["hyperbole-lora"], merge=["hyperbole-lora"])
     assert merged.batch_group("hyperbole-lora") == "hyperbole-lora"
-    assert merged.info("hyperbole-lora").adapter == {"rank": 4, "alpha": 8.0, "merged": True}
+    merged_info = merged.info("hyperbole-lora").adapter
+    assert merged_info is not None and merged_info["merged"] is True
+    assert merged_info == {**(shared.info("hyperbole-lora").adapter or {}), "merged": True}
     for a, b in zip(
         shared.predict("hyperbole-lora", TEXTS),
         merged.predict("hyperbole-lora", TEXTS),

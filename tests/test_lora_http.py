@@ -5,6 +5,7 @@ shared batches, and an unknown adapter refused."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -16,9 +17,12 @@ from a2a.helpers import get_data_parts
 from a2a.types import Message, Role, SendMessageRequest, TaskState
 
 from service.a2a.parts import data_part
+from service.models.artifacts import PACKAGE_ARTIFACTS
 from service.models.registry import ModelRegistry
 from tests.helpers import ServerProcess, h2_client, running_server
 from tests.ollama_double import OllamaDouble
+
+SHIPPED = PACKAGE_ARTIFACTS / "adapters" / "hyperbole-lora"
 
 ADAPTER = "hyperbole-lora"
 SENTENCES = [
@@ -105,7 +109,13 @@ async def test_models_lists_the_adapter_with_its_base(http: httpx.AsyncClient) -
     by_name = {m["name"]: m for m in listing["models"]}
     adapter = by_name[ADAPTER]
     assert adapter["base"] == "sentiment-cnn" and "sentiment-cnn" in by_name
-    assert adapter["adapter"] == {"rank": 4, "alpha": 8.0, "merged": False}
+    card = json.loads((SHIPPED / "card.json").read_text())
+    assert adapter["adapter"] == {
+        "rank": 4, "alpha": 8.0, "merged": False,
+        "test_auc": card["adapter_test_auc"]["auc"],
+        "majority_test_accuracy": card["comparison"]["majority_class"]["test_accuracy"],
+    }  # fmt: skip
+    assert adapter["adapter"]["test_auc"] > 0.5
     assert adapter["labels"] == ["literal", "hyperbole"]
     assert 0.5 < adapter["test_accuracy"] < 1 and adapter["params"] > 0
     assert by_name["sentiment-cnn-int8"]["labels"] == ["negative", "positive"]

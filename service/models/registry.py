@@ -253,7 +253,14 @@ class AdapterModel:
             card=card,
             labels=(str(card["labels"][0]), str(card["labels"][1])),
             base=group.base.info.name,
-            adapter={**card["lora"], "merged": merged},
+            adapter={
+                **card["lora"],
+                "merged": merged,
+                "test_auc": card.get("adapter_test_auc", {}).get("auc"),
+                "majority_test_accuracy": card.get("comparison", {})
+                .get("majority_class", {})
+                .get("test_accuracy"),
+            },
         )
 
     def predict_proba(self, texts: Sequence[str]) -> list[float]:

@@ -148,6 +148,16 @@ class AdapterOut(BaseModel):
     rank: int
     alpha: float
     merged: bool = Field(description="Served from its own merged copy of the base weights.")
+    test_auc: float | None = Field(
+        None,
+        description="ROC AUC on its held-out test set (0.5 is chance): how well its scores "
+        "rank the second label above the first, whatever the threshold.",
+    )
+    majority_test_accuracy: float | None = Field(
+        None,
+        description="What answering the more frequent label every time scores on that test "
+        "set: the floor its test_accuracy is to be read against.",
+    )
 
 
 class CascadeOut(BaseModel):
