@@ -241,6 +241,26 @@ async def test_a_repeated_text_costs_no_second_call(
     assert metric("guard_cache_hits_total", source="cache") == hits_before + 1
 
 
+async def test_a_known_verdict_is_read_without_a_call_and_counted_as_a_hit(
+    ollama_double: OllamaDouble, guard_settings: MakeSettings
+) -> None:
+    ollama_double.set_rules([("bomb", "unsafe\nS9")])
+    conversation = (Message("user", "how do I build a bomb"),)
+    async with LlamaGuard(guard_settings()) as guard:
+        assert guard.cached(conversation) is None  # not known yet, and nothing was asked
+        assert ollama_double.chat_requests == []
+        first = await guard.scan(conversation)
+        hits_before = metric("guard_cache_hits_total", source="cache")
+        known = guard.cached(conversation)
+        assert known is not None and known.cached and known.blocked
+        assert known.categories == first.categories
+        assert guard.cached((Message("assistant", "how do I build a bomb"),)) is None
+        with pytest.raises(ValueError):
+            guard.cached(())
+    assert len(ollama_double.chat_requests) == 1
+    assert metric("guard_cache_hits_total", source="cache") == hits_before + 1
+
+
 async def test_cached_verdicts_expire_after_the_ttl(
     ollama_double: OllamaDouble, guard_settings: MakeSettings
 ) -> None:

@@ -316,3 +316,51 @@ async def test_outcomes_are_counted_by_kind(
         await pipeline.classify(["A quiet, thoughtful drama."])
     after = {key: count(*key) for key in before}
     assert {key: after[key] - before[key] for key in before} == {key: 1.0 for key in before}
+
+
+async def test_known_verdicts_are_read_from_the_cache_and_only_new_texts_are_screened(
+    pipeline: GuardedPipeline, ollama_double: OllamaDouble
+) -> None:
+    first = ["A wonderful, moving film.", "Dreadful acting and a boring plot."]
+    await pipeline.classify(first)
+    before = len(ollama_double.chat_requests)
+    texts = [first[1], "A quiet, patient film about a lighthouse.", first[0]]
+    outcome = await pipeline.classify(texts)
+    # Only the new text reached the guard, once per screen; the others came from the cache.
+    asked = _conversations(ollama_double)[before:]
+    assert sorted(map(len, asked)) == [1, 2]
+    assert all(c[0] == ("user", texts[1]) for c in asked)
+    assert [r.input_screen.cached for r in outcome.results] == [True, False, True]
+    assert [r.output_screen.cached for r in outcome.results] == [True, False, True]
+    # Each result keeps its own text's verdicts, in order.
+    again = await pipeline.classify(texts)
+    assert [r.prediction for r in again.results] == [r.prediction for r in outcome.results]
+    assert all(r.input_screen.cached and r.output_screen.cached for r in again.results)
+
+
+async def test_a_cached_unsafe_verdict_still_refuses(
+    pipeline: GuardedPipeline, ollama_double: OllamaDouble
+) -> None:
+    ollama_double.set_rules([("bomb", "unsafe\nS9")])
+    texts = ["A lovely film.", "How do I build a bomb at home?"]
+    for _ in range(2):  # the second time both input verdicts come from the cache
+        with pytest.raises(ContentBlocked) as caught:
+            await pipeline.classify(texts)
+        assert caught.value.stage == "input" and caught.value.indices == (1,)
+    assert sum(1 for c in _conversations(ollama_double) if c == [("user", texts[1])]) == 1
+
+
+async def test_moderation_reads_known_verdicts_in_order(
+    pipeline: GuardedPipeline, ollama_double: OllamaDouble
+) -> None:
+    ollama_double.set_rules([("steal", "unsafe\nS2")])
+    safe = [Message("user", "What a nice day.")]
+    unsafe = [Message("user", "Help me steal a car.")]
+    await pipeline.moderate([unsafe])
+    before = len(ollama_double.chat_requests)
+    results = (await pipeline.moderate([safe, unsafe, safe])).results
+    assert [r.blocked for r in results] == [False, True, False]
+    # The unsafe verdict was known; the safe conversation was asked once, its twin joined
+    # that call in flight.
+    assert [r.cached for r in results] == [False, True, True]
+    assert _conversations(ollama_double)[before:] == [[("user", "What a nice day.")]]

@@ -222,7 +222,7 @@ class GuardedPipeline:
             self.limits.check_conversation(conversation, at=("conversations", index, "messages"))
         started = time.perf_counter()
         try:
-            results = await self._bounded(_all(self._scanner.scan(c) for c in items))
+            results = await self._bounded(self._scan_all(items))
             _raise_for_errors(results)
         except BaseException as error:
             _count_failure("moderate", "-", error)
@@ -364,7 +364,7 @@ class GuardedPipeline:
         started = time.perf_counter()
         BATCH_TEXTS.observe(len(texts))
         inference = asyncio.create_task(self._predict(info.name, texts))
-        inputs = asyncio.ensure_future(_all(self._screen_input(text) for text in texts))
+        inputs = asyncio.ensure_future(self._screen_inputs(texts))
         outputs: asyncio.Future[list[ScanResult]] | None = None
         for task in (inference, inputs):
             task.add_done_callback(_retrieve)
@@ -377,12 +377,7 @@ class GuardedPipeline:
             if len(predictions) != len(texts):
                 raise RuntimeError(f"model {info.name} gave {len(predictions)} for {len(texts)}")
             rendered = [render_prediction(prediction) for prediction in predictions]
-            outputs = asyncio.ensure_future(
-                _all(
-                    self._screen_output(text, reply)
-                    for text, reply in zip(texts, rendered, strict=True)
-                )
-            )
+            outputs = asyncio.ensure_future(self._screen_outputs(texts, rendered))
             outputs.add_done_callback(_retrieve)
             input_screens = await inputs
             _raise_unless_passed("input", input_screens)
@@ -406,6 +401,40 @@ class GuardedPipeline:
             extra={"model": info.name, "texts": len(texts), "timing": timing.to_dict()},
         )
         return ClassifyOutcome(model=info, results=results, timing=timing)
+
+    async def _scan_all(self, conversations: Sequence[tuple[Message, ...]]) -> list[ScanResult]:
+        """Each conversation's verdict: the cached ones at once, without a task each (a
+        32-text request whose verdicts are known then runs no guard coroutine at all), the
+        others scanned concurrently."""
+        known = [self._scanner.cached(conversation) for conversation in conversations]
+        missing = [i for i, verdict in enumerate(known) if verdict is None]
+        scanned = await _all(self._scanner.scan(conversations[i]) for i in missing)
+        results = dict(zip(missing, scanned, strict=True))
+        return [verdict if verdict is not None else results[i] for i, verdict in enumerate(known)]
+
+    async def _screen_inputs(self, texts: Sequence[str]) -> list[ScanResult]:
+        if not self._settings.guard_screen_input:
+            GUARD_CALLS.labels("input", "skipped").inc(len(texts))
+            return [ScanResult.skipped(self._scanner.model) for _ in texts]
+        return await self._scan_all([(Message("user", text),) for text in texts])
+
+    async def _screen_outputs(
+        self, texts: Sequence[str], replies: Sequence[str]
+    ) -> list[ScanResult]:
+        if not self._settings.guard_screen_output:
+            GUARD_CALLS.labels("output", "skipped").inc(len(texts))
+            return [ScanResult.skipped(self._scanner.model) for _ in texts]
+        # The request was admitted with its input screens: its output screens are follow-ups.
+        token = follow_up.set(True)
+        try:
+            return await self._scan_all(
+                [
+                    (Message("user", text), Message("assistant", reply))
+                    for text, reply in zip(texts, replies, strict=True)
+                ]
+            )
+        finally:
+            follow_up.reset(token)
 
     async def _screen_input(self, text: str) -> ScanResult:
         if not self._settings.guard_screen_input:
@@ -466,6 +495,8 @@ def _count_failure(operation: str, model: str, error: BaseException) -> None:
 async def _all(awaitables: Any) -> list[Any]:
     """Run the awaitables concurrently; on the first error cancel the rest and raise it."""
     awaitables = list(awaitables)
+    if not awaitables:
+        return []
     if len(awaitables) == 1:  # the common single-text request: no task to create
         return [await awaitables[0]]
     tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]

@@ -113,14 +113,28 @@ class LlamaGuard:
         stage = "output" if conversation[-1].role == "assistant" else "input"
         return await self._screen(conversation, stage)
 
+    def cached(self, messages: Sequence[Message]) -> ScanResult | None:
+        """The cached verdict for a conversation, counted as a cache hit like a scan that
+        finds it; None when it needs a scan. Synchronous: a caller with many conversations
+        scans only the ones not known. Raises ValueError like scan for an invalid one."""
+        started = time.perf_counter()
+        conversation = _validated(messages)
+        stage = "output" if conversation[-1].role == "assistant" else "input"
+        return self._cache_hit(conversation_key(self.model, conversation), stage, started)
+
+    def _cache_hit(self, key: str, stage: str, started: float) -> ScanResult | None:
+        hit = self._cache.get(key)
+        if hit is None:
+            return None
+        GUARD_CACHE_HITS.labels("cache").inc()
+        return self._count(replace(hit, cached=True, latency_ms=_ms_since(started)), stage)
+
     async def _screen(self, conversation: tuple[Message, ...], stage: str) -> ScanResult:
         started = time.perf_counter()
         key = conversation_key(self.model, conversation)
-        hit = self._cache.get(key)
+        hit = self._cache_hit(key, stage, started)
         if hit is not None:
-            GUARD_CACHE_HITS.labels("cache").inc()
-            verdict = replace(hit, cached=True, latency_ms=_ms_since(started))
-            return self._count(verdict, stage)
+            return hit
 
         call = self._inflight.get(key)
         joined = call is not None
