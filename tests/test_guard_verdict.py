@@ -150,16 +150,18 @@ def test_cache_key_covers_model_roles_and_boundaries() -> None:
         conversation_key(MODEL, [Message("assistant", "a")]),
         conversation_key(MODEL, [Message("user", "a,b")]),
         conversation_key(MODEL, [Message("user", "a"), Message("user", "b")]),
+        # one text that spells out the boundary of the two turns above
+        conversation_key(MODEL, [Message("user", "a4:user1:b")]),
     }
-    assert len(keys) == 5
-    # The SHA-256 of the model and the role-tagged turns as compact JSON, written out here
-    # by hand: a key of the content (not of the objects holding it), with quotes, commas and
-    # non-ASCII text kept apart from the structure.
+    assert len(keys) == 6
+    # The SHA-256 of the model and the role-tagged turns, each string after its length,
+    # written out here by hand: a key of the content (not of the objects holding it), where
+    # a text holding what looks like a boundary ("1:a") stays one text.
     for conversation, payload in (
-        (user, '["llama-guard3:1b",[["user","a"]]]'),
+        (user, "15:llama-guard3:1b4:user1:a"),
         (
             [Message("user", "Ça va?"), Message("assistant", 'a "b", c')],
-            '["llama-guard3:1b",[["user","Ça va?"],["assistant","a \\"b\\", c"]]]',
+            '15:llama-guard3:1b4:user6:Ça va?9:assistant8:a "b", c',
         ),
     ):
         expected = hashlib.sha256(payload.encode("utf-8")).hexdigest()

@@ -37,12 +37,13 @@ from service.guard.admission import Admission, caller, follow_up
 from service.guard.cache import VerdictCache, conversation_key
 from service.guard.metrics import (
     GUARD_ABANDONED,
-    GUARD_CACHE_HITS,
     GUARD_CALLS,
     GUARD_CATEGORIES,
     GUARD_ERRORS,
     GUARD_LATENCY,
     GUARD_RETRIES,
+    cache_hit_counter,
+    screen_counter,
 )
 from service.guard.scanner import GuardError, Message, ScanResult
 from service.guard.taxonomy import HAZARDS
@@ -126,7 +127,7 @@ class LlamaGuard:
         hit = self._cache.get(key)
         if hit is None:
             return None
-        GUARD_CACHE_HITS.labels("cache").inc()
+        cache_hit_counter("cache").inc()
         return self._count(replace(hit, cached=True, latency_ms=_ms_since(started)), stage)
 
     async def _screen(self, conversation: tuple[Message, ...], stage: str) -> ScanResult:
@@ -152,7 +153,7 @@ class LlamaGuard:
             self._waiters[call] = 0
             call.add_done_callback(lambda done: self._call_done(key, done, who, following))
         else:
-            GUARD_CACHE_HITS.labels("inflight").inc()
+            cache_hit_counter("inflight").inc()
         self._waiters[call] += 1
         try:
             # shield: one caller going away must not cancel a call others still wait on;
@@ -250,7 +251,7 @@ class LlamaGuard:
 
     def _count(self, verdict: ScanResult, stage: str) -> ScanResult:
         outcome = "safe" if verdict.safe else "blocked" if verdict.blocked else "allowed_unsafe"
-        GUARD_CALLS.labels(stage, outcome).inc()
+        screen_counter(stage, outcome).inc()
         for category in verdict.categories:
             code = category.code if category.code in HAZARDS else "unknown"
             GUARD_CATEGORIES.labels(code, str(verdict.blocked).lower()).inc()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 # One per screen: stage is input|output; outcome is safe|blocked|allowed_unsafe|error|skipped
@@ -43,3 +46,15 @@ GUARD_ABANDONED = Counter(
     "guard_calls_abandoned_total",
     "Guard calls cancelled because every caller waiting for their verdict went away.",
 )
+
+
+# The children of the per-screen counters, looked up once per label set (``labels()`` builds
+# a tuple and takes a lock on every call; a 32-text request counts 64 screens).
+@functools.cache
+def screen_counter(stage: str, outcome: str) -> Any:
+    return GUARD_CALLS.labels(stage, outcome)
+
+
+@functools.cache
+def cache_hit_counter(source: str) -> Any:
+    return GUARD_CACHE_HITS.labels(source)
