@@ -5,7 +5,7 @@ import torch
 
 from service.models import quantize
 from service.models.cnn import CNNConfig, SentimentCNN
-from service.models.padding import trim_for_convolutions, used_length
+from service.models.padding import padding_to_keep, trim_for_convolutions, used_length
 from service.models.quantize import Int8SentimentCNN, calibrate_int8, int8_tensors
 
 CONFIG = CNNConfig(vocab_size=300, sequence_length=120, embed_dim=32, filters=32, hidden=32)
@@ -71,3 +71,16 @@ def test_the_cut_is_taken_when_the_text_is_short(int8_model, monkeypatch):
     with torch.inference_mode():
         int8_model(_padded([12]))
     assert seen == [25 + 9 * 2]
+
+
+def test_the_training_batches_pad_at_least_as_far_as_the_cut_needs():
+    from service.training.augment import CNN_PAD_MARGIN
+
+    cnn = CNNConfig()
+    needed = padding_to_keep(cnn.kernel_size, cnn.stride, layers=2)
+    assert needed == 33  # up to 8 tokens to the next window start, then its 25
+    assert needed <= CNN_PAD_MARGIN
+    for longest in range(0, 60):  # the cut never keeps more padding than that
+        ids = _padded([longest])
+        kept = trim_for_convolutions(ids, kernel=7, stride=3, layers=2).shape[1]
+        assert kept - longest <= padding_to_keep(7, 3, 2) or kept == ids.shape[1]

@@ -437,21 +437,10 @@ class GuardedPipeline:
             follow_up.reset(token)
 
     async def _screen_input(self, text: str) -> ScanResult:
-        if not self._settings.guard_screen_input:
-            GUARD_CALLS.labels("input", "skipped").inc()
-            return ScanResult.skipped(self._scanner.model)
-        return await self._scanner.scan((Message("user", text),))
+        return (await self._screen_inputs([text]))[0]
 
     async def _screen_output(self, text: str, reply: str) -> ScanResult:
-        if not self._settings.guard_screen_output:
-            GUARD_CALLS.labels("output", "skipped").inc()
-            return ScanResult.skipped(self._scanner.model)
-        # The request was admitted with its input screen: its output screen is a follow-up.
-        token = follow_up.set(True)
-        try:
-            return await self._scanner.scan((Message("user", text), Message("assistant", reply)))
-        finally:
-            follow_up.reset(token)
+        return (await self._screen_outputs([text], [reply]))[0]
 
     async def _predict(self, name: str, texts: list[str]) -> tuple[list[Prediction], float]:
         started = time.perf_counter()

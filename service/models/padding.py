@@ -21,21 +21,33 @@ def used_length(token_ids: torch.Tensor) -> int:
     return int(columns[-1]) + 1 if len(columns) else 0
 
 
+def _geometry(kernel: int, stride: int, layers: int) -> tuple[int, int]:
+    """(jump, field) of the last of ``layers`` stacked valid convolutions: its window ``m``
+    reads inputs ``[jump * m, jump * m + field)``."""
+    field = 1
+    for _ in range(layers):
+        field = field * stride + (kernel - stride)
+    return stride**layers, field
+
+
+def padding_to_keep(kernel: int, stride: int, layers: int) -> int:
+    """The most padding past a row's last token that the cut below can need: padding this
+    far gives a batch every window the full-length padding has."""
+    jump, field = _geometry(kernel, stride, layers)
+    return jump - 1 + field
+
+
 def trim_for_convolutions(
     token_ids: torch.Tensor, kernel: int, stride: int, layers: int
 ) -> torch.Tensor:
     """``token_ids`` cut so that ``layers`` stacked valid convolutions (``kernel``,
     ``stride``) followed by a max over positions give exactly the output of the full ids.
 
-    The last layer's window ``m`` reads inputs ``[jump * m, jump * m + field)``, with
-    ``jump = stride ** layers`` and ``field`` its receptive field. Windows of the full ids
-    that lie beyond the used length ``n`` all read padding alone; the kept ids are those of
-    windows ``0 .. ceil(n / jump)``, the last of which is the first all-padding one.
+    Windows of the full ids that lie beyond the used length ``n`` all read padding alone;
+    the kept ids are those of windows ``0 .. ceil(n / jump)``, the last of which is the
+    first all-padding one.
     """
-    jump = stride**layers
-    field = 1
-    for _ in range(layers):
-        field = field * stride + (kernel - stride)
+    jump, field = _geometry(kernel, stride, layers)
     first_padding_window = -(-used_length(token_ids) // jump)
     keep = jump * first_padding_window + field
     return token_ids[:, :keep] if keep < token_ids.shape[1] else token_ids

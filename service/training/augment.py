@@ -22,6 +22,8 @@ from service.training.short_text import sentences
 
 # The CNN's second convolution sees 25 tokens with a step of 9: a row padded this far past
 # its last token has every window the full-length padding has (one of them all padding).
+# At least service.models.padding.padding_to_keep(7, 3, 2) = 33; kept at 40, the value the
+# shipped artifacts were trained with.
 CNN_PAD_MARGIN = 40
 
 
