@@ -15,6 +15,8 @@ from safetensors.torch import load_file, save_file
 from service.models.artifacts import PACKAGE_ARTIFACTS, ArtifactError
 from service.models.registry import LoadedModel, ModelRegistry
 from service.models.student import (
+    PAD_ID,
+    POOLS,
     FoldedStudent,
     StudentClassifier,
     StudentConfig,
@@ -115,9 +117,10 @@ def test_a_few_distillation_steps_on_synthetic_data_lower_the_loss():
     assert result.best_val_accuracy > 0.7
 
 
-def test_the_folded_form_computes_the_trained_network():
+@pytest.mark.parametrize("pool", POOLS)
+def test_the_folded_form_computes_the_trained_network(pool):
     torch.manual_seed(1)
-    config = StudentConfig(vocab_size=300, sequence_length=40)
+    config = StudentConfig(vocab_size=300, sequence_length=40, pool=pool)
     model = StudentClassifier(config).eval()
     with torch.no_grad():
         model.embedding.weight.normal_()
@@ -127,10 +130,38 @@ def test_the_folded_form_computes_the_trained_network():
     dequantized = tensors["embedding.q"].float() * tensors["embedding.scale"].float()[:, None]
     with torch.no_grad():
         model.embedding.weight.copy_(dequantized)
-    ids = torch.randint(0, 300, (7, 40))
+    ids = torch.randint(2, 300, (7, 40))
+    ids[1:, 25:] = PAD_ID  # texts shorter than the row, as the vectorizer pads them
+    ids[2, 3:] = PAD_ID
+    ids[3] = PAD_ID  # no token at all
     with torch.inference_mode():
         folded = FoldedStudent(config, tensors)(ids)
         assert folded == pytest.approx(model(ids), abs=1e-5)
+
+
+def test_the_mean_is_over_the_texts_own_tokens_not_its_padding():
+    torch.manual_seed(2)
+    config = StudentConfig(vocab_size=100, sequence_length=60, pool="max+mean")
+    model = StudentClassifier(config).eval()
+    with torch.no_grad():
+        model.embedding.weight.normal_()
+    text = torch.randint(2, 100, (1, 12))
+    short_row = torch.cat([text, torch.zeros(1, 28, dtype=torch.long)], dim=1)
+    long_row = torch.cat([text, torch.zeros(1, 48, dtype=torch.long)], dim=1)
+    folded = FoldedStudent(config, student_tensors(model))
+    with torch.inference_mode():
+        # Padded to 40 or to 60 tokens: the same text, the same score, trained and folded.
+        assert float(model(short_row)) == pytest.approx(float(model(long_row)), abs=1e-6)
+        assert float(folded(short_row)) == pytest.approx(float(folded(long_row)), abs=1e-6)
+        # And the mean does count: repeating one word of the text moves the score.
+        repeated = long_row.clone()
+        repeated[0, 12:30] = text[0, 0]
+        assert abs(float(model(repeated)) - float(model(long_row))) > 1e-4
+
+
+def test_an_unknown_pool_is_refused():
+    with pytest.raises(ValueError, match="pool"):
+        StudentConfig(pool="mean")
 
 
 def test_the_student_gives_the_same_answer_alone_and_in_a_batch(student, sample):

@@ -191,6 +191,18 @@ CASCADE = "sentiment-cascade"
 TEACHER = "sentiment-cnn"  # distilled from the fp32 CNN
 ESCALATE_TO = "sentiment-cnn-int8"  # the cascade's second stage
 STUDENT_VOCAB = 10_000  # the teacher's 10,000 most frequent tokens; chosen on validation
+# The max and the mean of the per-token features, chosen on validation: with the max alone
+# the student reached 0.8788 and its cascade escalated 16.4% of the validation reviews; with
+# both, 0.8888 and 8.5% (same seed, data and schedule).
+STUDENT_POOL = "max+mean"
+POOL_CHOICE = (
+    "pool chosen on validation: max alone 0.8788 validation accuracy, its cascade escalating "
+    "16.4% of validation reviews; max+mean 0.8888 and 8.5%"
+)
+POOL_WORDS = {
+    "max": "global max pool",
+    "max+mean": "global max pool beside the mean over the text's tokens",
+}
 LABELLED = 2_500  # training reviews whose labels the student sees
 BASELINE_EPOCHS = 30  # the no-teacher baseline: 2,500 reviews, best validation checkpoint
 # The KL on spans of the reviews (scored by the teacher) is added with this weight.
@@ -254,7 +266,9 @@ def build_student(ctx: BuildContext, epochs: int = 12) -> dict:
     labelled[torch.randperm(len(ids), generator=generator)[:LABELLED]] = True
     n_labelled = int(labelled.sum())
 
-    config = StudentConfig(vocab_size=vocab, sequence_length=vectorizer.sequence_length)
+    config = StudentConfig(
+        vocab_size=vocab, sequence_length=vectorizer.sequence_length, pool=STUDENT_POOL
+    )
     dcfg = DistillConfig(epochs=epochs, seed=ctx.seed, span_weight=SPAN_WEIGHT)
     # Spans of the training reviews, scored by the teacher as they are drawn: the student
     # learns the teacher's answers on short text too (service/training/augment.py).
@@ -293,7 +307,8 @@ def build_student(ctx: BuildContext, epochs: int = 12) -> dict:
         "architecture": "student",
         "quantization": "int8-embedding",
         "description": "Embedding 32, a per-token Dense layer + ReLU in place of the "
-        "convolutions, global max pool, Dense 32, one logit; distilled from the fp32 CNN. "
+        f"convolutions, {POOL_WORDS[config.pool]}, Dense 32, one logit; distilled from the "
+        "fp32 CNN. "
         "Embedding rows int8 (one fp16 scale each), dense layers fp32; served folded "
         "(the per-token layer precomputed per vocabulary entry).",
         "config": config.to_dict(),
@@ -312,6 +327,7 @@ def build_student(ctx: BuildContext, epochs: int = 12) -> dict:
             f"teacher's logits on all {len(ids)} training reviews (the other "
             f"{len(ids) - n_labelled} reviews' labels unused)",
             "vocabulary": f"the teacher's {vocab} most frequent tokens",
+            "pool": POOL_CHOICE,
             "spans": {
                 **STUDENT_SPANS.to_dict(),
                 "note": f"per batch, {STUDENT_SPANS.extra_spans:g} x as many spans of its "
