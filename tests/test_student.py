@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from service.models.artifacts import PACKAGE_ARTIFACTS, ArtifactError
 from service.models.registry import LoadedModel, ModelRegistry
 from service.models.student import (
+    OOV_ID,
     PAD_ID,
     POOLS,
     FoldedStudent,
@@ -134,9 +135,15 @@ def test_the_folded_form_computes_the_trained_network(pool):
     ids[1:, 25:] = PAD_ID  # texts shorter than the row, as the vectorizer pads them
     ids[2, 3:] = PAD_ID
     ids[3] = PAD_ID  # no token at all
+    ids[4, :6] = OOV_ID
     with torch.inference_mode():
-        folded = FoldedStudent(config, tensors)(ids)
+        student = FoldedStudent(config, tensors)
+        folded = student(ids)
         assert folded == pytest.approx(model(ids), abs=1e-5)
+        # The copy row past the vocabulary (what the cascade's clamped ids read) is the OOV
+        # row, and counts as a token like it.
+        clamped = torch.where(ids == OOV_ID, config.vocab_size, ids)
+        assert torch.equal(student(clamped), folded)
 
 
 def test_the_mean_is_over_the_texts_own_tokens_not_its_padding():
@@ -157,6 +164,13 @@ def test_the_mean_is_over_the_texts_own_tokens_not_its_padding():
         repeated = long_row.clone()
         repeated[0, 12:30] = text[0, 0]
         assert abs(float(model(repeated)) - float(model(long_row))) > 1e-4
+
+
+def test_a_card_config_without_a_pool_is_the_max_pool_it_was_trained_with():
+    # Artifacts built before the pool was configurable name no pool in their card.
+    config = StudentConfig(**{"vocab_size": 300, "sequence_length": 40})
+    assert config.pool == "max"
+    assert config.pooled_width == config.token_hidden
 
 
 def test_an_unknown_pool_is_refused():

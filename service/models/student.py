@@ -3,8 +3,8 @@ of the CNN's convolutions, global max pool (optionally beside the mean), Dense 3
 
 Shipped with an int8 embedding (symmetric, one scale per row) and fp32 dense layers. Served
 by :class:`FoldedStudent`: the per-token Dense + ReLU depends on the token id alone, so at
-load it is folded into a ``[vocab, hidden]`` table, and a forward is one gather, one max
-and the small head.
+load it is folded into a ``[vocab, hidden]`` table, and a forward is one gather, its max
+(and its mean: a sum, a count and a division) and the small head.
 """
 
 from __future__ import annotations
