@@ -101,18 +101,24 @@ def trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def _resampled_groups(groups: Sequence[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's group (as a position 0..n-1) and BOOTSTRAP draws of n groups with
+    replacement: sentences of one group are not independent, so groups are resampled."""
+    keys = sorted(set(groups))
+    position = {g: i for i, g in enumerate(keys)}
+    index = np.array([position[g] for g in groups])
+    draws = np.random.default_rng(seed).integers(0, len(keys), size=(BOOTSTRAP, len(keys)))
+    return index, draws
+
+
 def group_bootstrap(
     groups: Sequence[int], correct_a: np.ndarray, correct_b: np.ndarray, seed: int
 ) -> tuple[float, float, float]:
     """Accuracy of a minus accuracy of b, with a 95% percentile interval from resampling
-    whole test groups (sentences of one group are not independent)."""
-    keys = sorted(set(groups))
-    position = {g: i for i, g in enumerate(keys)}
-    index = np.array([position[g] for g in groups])
-    diff = np.bincount(index, weights=correct_a - correct_b, minlength=len(keys))
-    count = np.bincount(index, minlength=len(keys)).astype(float)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(keys), size=(BOOTSTRAP, len(keys)))
+    whole test groups."""
+    index, draws = _resampled_groups(groups, seed)
+    diff = np.bincount(index, weights=correct_a - correct_b, minlength=draws.shape[1])
+    count = np.bincount(index, minlength=draws.shape[1]).astype(float)
     samples = diff[draws].sum(axis=1) / count[draws].sum(axis=1)
     low, high = np.percentile(samples, [2.5, 97.5])
     return float(diff.sum() / count.sum()), float(low), float(high)
@@ -135,17 +141,10 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return 0.5
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # Average ranks over ties (1-based).
-    start = 0
-    while start < len(scores):
-        end = start
-        while end + 1 < len(scores) and sorted_scores[end + 1] == sorted_scores[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2 + 1
-        start = end + 1
+    # 1-based ranks, each tie given the average of the ranks it spans.
+    _, tie, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = ((ends - counts + 1 + ends) / 2)[tie.reshape(-1)]
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -178,16 +177,12 @@ def group_bootstrap_auc(
     groups: Sequence[int], scores: np.ndarray, labels: np.ndarray, seed: int
 ) -> tuple[float, float, float]:
     """ROC AUC with a 95% percentile interval from resampling whole test groups."""
-    keys = sorted(set(groups))
-    rows: dict[int, list[int]] = {g: [] for g in keys}
-    for i, g in enumerate(groups):
-        rows[g].append(i)
-    members = [np.array(rows[g]) for g in keys]
-    rng = np.random.default_rng(seed)
+    index, draws = _resampled_groups(groups, seed)
+    members = [np.flatnonzero(index == k) for k in range(draws.shape[1])]
     samples = []
-    for _ in range(BOOTSTRAP):
-        index = np.concatenate([members[k] for k in rng.integers(0, len(keys), len(keys))])
-        samples.append(roc_auc(scores[index], labels[index]))
+    for draw in draws:
+        rows = np.concatenate([members[k] for k in draw])
+        samples.append(roc_auc(scores[rows], labels[rows]))
     low, high = np.percentile(samples, [2.5, 97.5])
     return roc_auc(scores, labels), float(low), float(high)
 
