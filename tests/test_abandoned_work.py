@@ -113,14 +113,17 @@ async def test_a_full_guard_queue_refuses_at_once(slow_guard: OllamaDouble) -> N
         guard_cache_size=0,
         guard_retry_after=7,
     ) as server:
-        async with h2_client(server) as http:
-
-            async def classify(i: int) -> tuple[httpx.Response, float]:
+        # A connection each: over one shared connection httpx's HTTP/2 reader can hold a
+        # stream's answer back until another stream's data arrives (one task waits in a
+        # socket read holding the read lock), which would time the client, not the service.
+        async def classify(i: int) -> tuple[httpx.Response, float]:
+            async with h2_client(server) as http:
+                await http.get("/healthz")  # connected before the clock starts
                 started = time.monotonic()
                 response = await http.post("/v1/classify", json={"text": f"Film {i} was fine."})
                 return response, time.monotonic() - started
 
-            answers = await asyncio.gather(*(classify(i) for i in range(6)))
+        answers = await asyncio.gather(*(classify(i) for i in range(6)))
     served = [response for response, _ in answers if response.status_code == 200]
     refused = [(response, took) for response, took in answers if response.status_code == 503]
     assert len(served) >= 1 and len(refused) >= 3
