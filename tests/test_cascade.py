@@ -91,7 +91,7 @@ def test_the_student_reads_the_teachers_unknown_ids_as_its_own_oov(registry, tex
     without_copy._clamp_to_oov = False
     assert torch.equal(without_copy.forward_ids(ids)[0], clamped)
     student_only = clamped[~cascade.forward_ids(ids)[1]]
-    expected = torch.tensor(own)[~cascade.forward_ids(ids)[1]]
+    expected = torch.tensor(own, dtype=torch.float64)[~cascade.forward_ids(ids)[1]]
     torch.testing.assert_close(student_only, expected, rtol=0, atol=1e-6)
 
 

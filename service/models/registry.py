@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,12 +146,30 @@ def build_model(card: dict, tensors: dict[str, torch.Tensor]) -> nn.Module:
     return model.eval()
 
 
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)  # no overflow for very negative logits
+    return e / (1.0 + e)
+
+
+def sigmoid_per_value(logits: torch.Tensor) -> torch.Tensor:
+    """float64 sigmoid of each logit, computed one value at a time.
+
+    Not ``torch.sigmoid``: torch runs whole vectors through a vectorised exp and a tensor's
+    last few values through a scalar loop, and the two differ in the last bits (seen on an
+    AVX2 CPU), so a text's score would depend on its place in the batch. Per value, a text
+    scores the same alone and in any batch, on any CPU. (Python's float loop costs about as
+    much as the torch op at batch 1 and 10 us at batch 32.)"""
+    return torch.tensor([_sigmoid(x) for x in logits.tolist()], dtype=torch.float64)
+
+
 def positive_probability(model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
-    """P(positive) per row, for either architecture."""
+    """P(positive) per row (float64), for either architecture."""
     out = model(token_ids)
-    if out.dim() == 2:  # two-way logits
-        return torch.softmax(out, dim=-1)[:, 1]
-    return torch.sigmoid(out)
+    if out.dim() == 2:  # two-way logits: their softmax is the sigmoid of the difference
+        out = out[:, 1] - out[:, 0]
+    return sigmoid_per_value(out)
 
 
 class ServedModel(Protocol):
@@ -219,7 +238,7 @@ class AdapterGroup:
         ids = self.base.vectorizer(texts)
         index = torch.tensor([self._index[name] for name in names], dtype=torch.long)
         with torch.inference_mode():
-            return torch.sigmoid(self.module(ids, index)).tolist()
+            return sigmoid_per_value(self.module(ids, index)).tolist()
 
 
 class AdapterModel:
@@ -268,7 +287,7 @@ class AdapterModel:
             return self._group.predict_proba([self.info.name] * len(texts), texts)
         ids = self._group.base.vectorizer(texts)
         with torch.inference_mode():
-            return torch.sigmoid(self._merged(ids)).tolist()
+            return sigmoid_per_value(self._merged(ids)).tolist()
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         labels = self.info.labels
