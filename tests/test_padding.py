@@ -19,12 +19,14 @@ def _padded(lengths: list[int], length: int = 120, seed: int = 0) -> torch.Tenso
     return ids
 
 
-@pytest.fixture(scope="module")
-def int8_model() -> Int8SentimentCNN:
+@pytest.fixture(scope="module", params=[True, False], ids=["int_mm", "fp32-gemm"])
+def int8_model(request) -> Int8SentimentCNN:
+    """Both ways of multiplying: the cut must hold for each."""
     torch.manual_seed(0)
     model = SentimentCNN(CONFIG).eval()
     calibration = [_padded([120, 60, 5, 90], seed=1)]
-    return Int8SentimentCNN(CONFIG, int8_tensors(model, calibrate_int8(model, calibration))).eval()
+    tensors = int8_tensors(model, calibrate_int8(model, calibration))
+    return Int8SentimentCNN(CONFIG, tensors, integer_products=request.param).eval()
 
 
 def test_used_length_is_the_longest_rows_last_id():

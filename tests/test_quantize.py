@@ -1,11 +1,14 @@
+import pytest
 import torch
 
 from service.models.cnn import CNNConfig, SentimentCNN
 from service.models.quantize import (
+    MAX_PRODUCT,
     Int4SentimentCNN,
     Int8SentimentCNN,
     calibrate_int8,
     dequantize_int4,
+    float_products_are_exact,
     int4_tensors,
     int8_tensors,
     quantize_int4,
@@ -56,6 +59,47 @@ def test_int8_model_tracks_fp32_and_uses_int8_tensors():
     with torch.no_grad():
         want, got = model(ids), quantized(ids)
     assert (got - want).abs().max() < 0.05 * want.abs().max() + 1e-3
+
+
+def test_fp32_products_of_int8_values_are_exact_up_to_the_shipped_depth():
+    depth = 7 * 128  # the shipped CNN: kernel 7 over 128 channels
+    assert float_products_are_exact(depth)
+    assert not float_products_are_exact(2**24 // MAX_PRODUCT + 1)
+    # The worst case: every product at its largest magnitude, then random values at the edges.
+    worst = torch.full((4, depth), -128, dtype=torch.int8)
+    weights = torch.full((depth, 8), 127, dtype=torch.int8)
+    generator = torch.Generator().manual_seed(3)
+    edges = torch.tensor([-128, -127, 126, 127], dtype=torch.int8)
+    mixed = edges[torch.randint(0, 4, (64, depth), generator=generator)]
+    signs = edges[torch.randint(1, 4, (depth, 8), generator=generator)]
+    for a, b in ((worst, weights), (mixed, signs), (mixed, weights)):
+        assert torch.equal(torch.mm(a.float(), b.float()).to(torch.int32), torch._int_mm(a, b))
+    assert int(torch._int_mm(worst, weights)[0, 0]) == -depth * MAX_PRODUCT
+
+
+@pytest.mark.parametrize("length", [7, 25, 60])
+def test_both_ways_of_multiplying_give_the_int8_cnn_the_same_bits(length):
+    model = _model()
+    tensors = int8_tensors(model, calibrate_int8(model, [torch.randint(0, 300, (16, 60))]))
+    integer = Int8SentimentCNN(SMALL, tensors, integer_products=True).eval()
+    floating = Int8SentimentCNN(SMALL, tensors, integer_products=False).eval()
+    ids = torch.randint(0, 300, (9, 60))
+    ids[:, length:] = 0  # padding after ``length`` tokens
+    with torch.inference_mode():
+        assert torch.equal(integer(ids), floating(ids))
+        assert torch.equal(integer(ids[:1]), floating(ids[:1]))
+    # Neither way stores anything beyond the artifact's tensors.
+    assert integer.state_dict().keys() == floating.state_dict().keys()
+
+
+def test_fp32_products_are_refused_where_they_could_round():
+    wide = CNNConfig(vocab_size=50, sequence_length=30, embed_dim=160, filters=16, hidden=8)
+    torch.manual_seed(0)
+    model = SentimentCNN(wide).eval()
+    tensors = int8_tensors(model, calibrate_int8(model, [torch.randint(0, 50, (4, 30))]))
+    with pytest.raises(ValueError, match="not exact"):
+        Int8SentimentCNN(wide, tensors, integer_products=False)
+    assert Int8SentimentCNN(wide, tensors).integer_products  # the automatic choice too
 
 
 def test_int4_model_computes_the_cnn_on_its_dequantized_weights():

@@ -1,12 +1,16 @@
 """Quantized variants of the sentiment CNN.
 
 int8 (static): weights and activations in int8. Each convolution runs as im2col followed by
-``torch._int_mm``, an int8 x int8 -> int32 matrix product (oneDNN, VNNI on this CPU), then
-one per-channel rescale. The embedding table is stored in int8 with the scale of the first
-convolution's input, so a looked-up row already is that convolution's int8 input. The
-second convolution's input (a ReLU output) is quantized to asymmetric int8 with a scale
-calibrated on training data. The tiny dense head (0.6% of the work) runs in fp32 from int8
-weights.
+an int8 x int8 -> int32 matrix product, then one per-channel rescale. The product is
+``torch._int_mm`` where the CPU has fast integer products (VNNI, AMX); without them (AVX2
+alone) oneDNN's integer path is 13-18x slower than an fp32 product, so the same integers are
+multiplied by fp32 GEMM instead: every partial sum is an integer below 2**24, exact in fp32,
+so both ways give the same bits. Which one is faster is timed once per process.
+
+The embedding table is stored in int8 with the scale of the first convolution's input, so a
+looked-up row already is that convolution's int8 input. The second convolution's input (a
+ReLU output) is quantized to asymmetric int8 with a scale calibrated on training data. The
+tiny dense head (0.6% of the work) runs in fp32 from int8 weights.
 
 int4 (weight-only): every weight matrix in signed 4-bit with one fp16 scale per group of
 ``GROUP`` input values, two values per byte. The embedding stays packed in memory and only
@@ -17,6 +21,11 @@ Both variants are plain ``nn.Module``s built from a dict of tensors (the safeten
 
 from __future__ import annotations
 
+import functools
+import logging
+import time
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -25,6 +34,11 @@ from service.models.padding import trim_for_convolutions
 
 GROUP = 32
 INT8_MAX = 127
+# The largest |product| in a convolution: conv2's input is stored as u - 128, in [-128, 127].
+MAX_PRODUCT = 128 * INT8_MAX
+FP32_EXACT = 2**24  # every integer of at most this magnitude is exact in fp32
+
+logger = logging.getLogger(__name__)
 
 
 # --- int8 ---------------------------------------------------------------------------------
@@ -42,6 +56,43 @@ def _conv_matrix(weight: torch.Tensor) -> torch.Tensor:
     """Conv1d weight [out, in, k] -> matrix [k * in, out] in the (tap, channel) order of
     _im2col's rows."""
     return weight.permute(0, 2, 1).reshape(weight.shape[0], -1).t().contiguous()
+
+
+def float_products_are_exact(depth: int) -> bool:
+    """Whether an fp32 product of int8 matrices with ``depth`` terms per sum is exact: every
+    partial sum, in whatever order the GEMM adds, is an integer of magnitude below 2**24."""
+    return depth * MAX_PRODUCT < FP32_EXACT
+
+
+@functools.cache
+def integer_products_are_faster() -> bool:
+    """Whether ``torch._int_mm`` beats an fp32 product of the same int8 values on this CPU,
+    timed once per process on a convolution-sized product (the best of 5 of each)."""
+    a = torch.randint(-INT8_MAX, INT8_MAX + 1, (128, 896), dtype=torch.int8)
+    b = torch.randint(-INT8_MAX, INT8_MAX + 1, (896, 128), dtype=torch.int8)
+    a_float, b_float = a.float(), b.float()
+
+    def best(product: Callable[[], torch.Tensor]) -> float:
+        product()  # warm-up
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    integer = best(lambda: torch._int_mm(a, b))
+    floating = best(lambda: torch.mm(a_float, b_float))
+    faster = integer < floating
+    logger.info(
+        "int8 products",
+        extra={
+            "product": "torch._int_mm" if faster else "fp32 GEMM on int8 values (exact)",
+            "int_mm_us": round(integer * 1e6, 1),
+            "fp32_us": round(floating * 1e6, 1),
+        },
+    )
+    return faster
 
 
 def _im2col(x: torch.Tensor, kernel: int, stride: int) -> tuple[torch.Tensor, int]:
@@ -118,10 +169,24 @@ class Int8SentimentCNN(nn.Module):
     output_weight: torch.Tensor
     output_bias: torch.Tensor
 
-    def __init__(self, config: CNNConfig, tensors: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self,
+        config: CNNConfig,
+        tensors: dict[str, torch.Tensor],
+        integer_products: bool | None = None,
+    ) -> None:
+        """``integer_products``: multiply with ``torch._int_mm`` (True) or with exact fp32
+        GEMM (False); None chooses the faster on this CPU. The outputs are the same bits."""
         super().__init__()
         self.config = config
         t = tensors
+        depth = config.kernel_size * max(config.embed_dim, config.filters)
+        exact = float_products_are_exact(depth)
+        if integer_products is None:
+            integer_products = not exact or integer_products_are_faster()
+        elif not integer_products and not exact:
+            raise ValueError(f"fp32 products over {depth} terms are not exact")
+        self.integer_products = integer_products
         self.register_buffer("embedding", t["embedding.q"])
         s_in1, s_in2 = float(t["conv1.input_scale"]), float(t["conv2.input_scale"])
         self.s_in2 = s_in2
@@ -130,6 +195,11 @@ class Int8SentimentCNN(nn.Module):
             self.register_buffer(f"{name}_matrix", matrix)
             self.register_buffer(f"{name}_rescale", (t[f"{name}.scale"] * s_in).float())
             self.register_buffer(f"{name}_bias", t[f"{name}.bias"])
+        # The fp32 copies of the two conv matrices (0.9 MB) when fp32 GEMM multiplies; not
+        # buffers, so the module's state is the artifact's either way.
+        self._float_matrices = (
+            None if integer_products else (self.conv1_matrix.float(), self.conv2_matrix.float())
+        )
         # Conv2's input is stored as (u - 128) in int8; adding 128 * column sums restores u.
         self.register_buffer(
             "conv2_offset", 128 * self.conv2_matrix.to(torch.int32).sum(dim=0, dtype=torch.int32)
@@ -147,15 +217,27 @@ class Int8SentimentCNN(nn.Module):
         x = self.embedding.index_select(0, token_ids.reshape(-1)).reshape(
             batch, token_ids.shape[1], -1
         )  # int8 [batch, length, embed]
+        floats = self._float_matrices
+        if floats is not None:
+            x = x.float()  # the same integers, for the fp32 product
         cols, length = _im2col(x, cfg.kernel_size, cfg.stride)
         # The rescales run in place on one fp32 buffer: the same operations in the same
         # order as relu(acc * rescale + bias) etc., so the same bits, without a new tensor
         # per step (20% of a batch-32 forward).
-        h = torch._int_mm(cols, self.conv1_matrix) * self.conv1_rescale  # fp32 [batch*len, filters]
+        acc = (
+            torch._int_mm(cols, self.conv1_matrix)
+            if floats is None
+            else torch.mm(cols, floats[0]).to(torch.int32)
+        )
+        h = acc * self.conv1_rescale  # fp32 [batch*len, filters]
         h.add_(self.conv1_bias).relu_().div_(self.s_in2).round_().clamp_(0, 255).sub_(128)
-        x2 = h.to(torch.int8).reshape(batch, length, -1)
+        x2 = (h.to(torch.int8) if floats is None else h).reshape(batch, length, -1)
         cols, length = _im2col(x2, cfg.kernel_size, cfg.stride)
-        acc = torch._int_mm(cols, self.conv2_matrix).add_(self.conv2_offset)
+        acc = (
+            torch._int_mm(cols, self.conv2_matrix)
+            if floats is None
+            else torch.mm(cols, floats[1]).to(torch.int32)
+        ).add_(self.conv2_offset)
         h = acc * self.conv2_rescale
         h.add_(self.conv2_bias).relu_()
         pooled = h.reshape(batch, length, -1).amax(dim=1)
