@@ -20,7 +20,7 @@ def _padded(lengths: list[int], length: int = 120, seed: int = 0) -> torch.Tenso
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["int_mm", "fp32-gemm"])
-def int8_model(request) -> Int8SentimentCNN:
+def int8_model(request: pytest.FixtureRequest) -> Int8SentimentCNN:
     """Both ways of multiplying: the cut must hold for each."""
     torch.manual_seed(0)
     model = SentimentCNN(CONFIG).eval()

@@ -102,6 +102,19 @@ def test_fp32_products_are_refused_where_they_could_round():
     assert Int8SentimentCNN(wide, tensors).integer_products  # the automatic choice too
 
 
+def test_fp32_products_are_refused_below_full_fp32_matmul_precision():
+    model = _model()
+    tensors = int8_tensors(model, calibrate_int8(model, [torch.randint(0, 300, (4, 60))]))
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # may round through bf16
+    try:
+        with pytest.raises(ValueError, match="not exact"):
+            Int8SentimentCNN(SMALL, tensors, integer_products=False)
+        assert Int8SentimentCNN(SMALL, tensors).integer_products
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_int4_model_computes_the_cnn_on_its_dequantized_weights():
     model = _model()
     tensors = int4_tensors(model)

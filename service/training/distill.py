@@ -219,8 +219,9 @@ def _logits(module: nn.Module, ids: torch.Tensor, batch: int = 250) -> torch.Ten
 
 
 def _probabilities(model: ServedModel, texts: Sequence[str], batch: int = 250) -> torch.Tensor:
-    return torch.tensor(
-        [p for i in range(0, len(texts), batch) for p in model.predict_proba(texts[i : i + batch])]
+    return torch.tensor(  # float64, as the served cascade compares them with its threshold
+        [p for i in range(0, len(texts), batch) for p in model.predict_proba(texts[i : i + batch])],
+        dtype=torch.float64,
     )
 
 
