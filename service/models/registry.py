@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import json
 import logging
 import math
@@ -159,17 +160,25 @@ def sigmoid_per_value(logits: torch.Tensor) -> torch.Tensor:
     Not ``torch.sigmoid``: torch runs whole vectors through a vectorised exp and a tensor's
     last few values through a scalar loop, and the two differ in the last bits (seen on an
     AVX2 CPU), so a text's score would depend on its place in the batch. Per value, a text
-    scores the same alone and in any batch, on any CPU. (Python's float loop costs about as
-    much as the torch op at batch 1 and 10 us at batch 32.)"""
-    return torch.tensor([_sigmoid(x) for x in logits.tolist()], dtype=torch.float64)
+    scores the same alone and in any batch, on any CPU. (On this AMD EPYC: 4 us at batch 1,
+    as torch.sigmoid; 13 us at batch 32, against 5.)"""
+    values = array.array("d", [_sigmoid(x) for x in logits.tolist()])
+    if not values:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.frombuffer(values, dtype=torch.float64)  # shares the array's memory
+
+
+def positive_from_logits(out: torch.Tensor) -> torch.Tensor:
+    """P(positive) per row (float64) from a forward's output: one logit per row, or two-way
+    logits, whose softmax is the sigmoid of their difference."""
+    if out.dim() == 2:
+        out = out[:, 1] - out[:, 0]
+    return sigmoid_per_value(out)
 
 
 def positive_probability(model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
     """P(positive) per row (float64), for either architecture."""
-    out = model(token_ids)
-    if out.dim() == 2:  # two-way logits: their softmax is the sigmoid of the difference
-        out = out[:, 1] - out[:, 0]
-    return sigmoid_per_value(out)
+    return positive_from_logits(model(token_ids))
 
 
 class ServedModel(Protocol):

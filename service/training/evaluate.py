@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from service.models.moe import SwitchClassifier
-from service.models.registry import LoadedModel, positive_probability, sigmoid_per_value
+from service.models.registry import LoadedModel, positive_from_logits, positive_probability
 
 
 def evaluate_loaded(
@@ -43,7 +43,7 @@ def evaluate_loaded(
             if isinstance(module, SwitchClassifier):
                 # The routing of this very call, returned with its logits.
                 logits, routing = module.forward_with_routing(ids)
-                p = sigmoid_per_value(logits[:, 1] - logits[:, 0])  # as served
+                p = positive_from_logits(logits)  # as served
                 kept += routing.stats.tokens_per_expert
                 dropped += routing.stats.dropped
                 assignments += routing.stats.assignments
