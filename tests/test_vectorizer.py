@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from service.models.vectorizer import OOV, PAD, Vectorizer, standardize, tokenize
 
@@ -27,6 +28,18 @@ def test_long_texts_are_cut_to_the_sequence_length():
     ids = vec(["a", "", "a b a b a"])
     assert ids.shape == (3, 3)
     assert ids.tolist() == [[2, 0, 0], [0, 0, 0], [2, 1, 2]]
+
+
+def test_a_batch_is_each_texts_own_row_in_a_fresh_int64_tensor():
+    vec = Vectorizer([PAD, OOV, "a", "b"], sequence_length=4)
+    texts = ["b", "", "a b a b a b", "zzz a", "A, B!"]
+    ids = vec(texts)
+    assert ids.dtype == torch.long and ids.shape == (5, 4)
+    assert ids.tolist() == [vec.encode(text) for text in texts]
+    again = vec(texts)
+    again[0, 0] = 2  # each call owns its memory: writing one leaves the other as it was
+    assert ids[0].tolist() == [3, 0, 0, 0] and again[0].tolist() == [2, 0, 0, 0]
+    assert vec([]).shape == (0, 4) and vec([]).dtype == torch.long
 
 
 def test_save_and_load_round_trip(tmp_path):
