@@ -7,7 +7,8 @@ and its decision ``block`` (fail closed). ``screen`` is the same judgement raisi
 answer from the guard model.
 
 - The caller screens input as ``[user: text]``, output as ``[user: text, assistant: reply]``.
-- Calls use ``/api/chat`` with temperature 0, a small ``num_predict`` and ``keep_alive``.
+- Calls use ``/api/chat`` with temperature 0, a small ``num_predict`` and ``keep_alive``,
+  over a lean HTTP/1.1 transport under the ollama client (:mod:`service.guard.transport`).
 - Each attempt is bounded by ``GUARD_TIMEOUT``. Connection-type failures (refused, DNS,
   dropped connection, timeout, HTTP 5xx) are retried ``GUARD_RETRIES`` times with exponential
   backoff from ``GUARD_RETRY_BACKOFF``. A 4xx (404 means the guard model is missing), a
@@ -48,6 +49,7 @@ from service.guard.metrics import (
 from service.guard.scanner import GuardError, Message, ScanResult
 from service.guard.taxonomy import HAZARDS
 from service.guard.template import neutralise
+from service.guard.transport import ScreenTransport
 from service.guard.verdict import parse_verdict
 
 if TYPE_CHECKING:  # service.config imports the taxonomy from this package
@@ -70,6 +72,13 @@ class LlamaGuard:
         # read timeout only has to stop a stalled model pull.
         timeout = httpx.Timeout(max(60.0, settings.guard_timeout), connect=settings.guard_timeout)
         self._client = client or ollama.AsyncClient(host=settings.ollama_host, timeout=timeout)
+        # Screens (one whole answer each, on every request's path) over the lean transport;
+        # readiness and pulls (a pull streams its progress) over httpx's own.
+        self._screens = client or ollama.AsyncClient(
+            host=settings.ollama_host,
+            timeout=timeout,
+            transport=ScreenTransport(max_idle=settings.guard_concurrency),
+        )
         self._semaphore = asyncio.Semaphore(settings.guard_concurrency)
         self._cache = VerdictCache(settings.guard_cache_size, settings.guard_cache_ttl)
         self._inflight: dict[str, asyncio.Future[ScanResult]] = {}
@@ -238,7 +247,7 @@ class LlamaGuard:
         return verdict
 
     async def _chat(self, conversation: tuple[Message, ...]) -> ollama.ChatResponse:
-        return await self._client.chat(
+        return await self._screens.chat(
             model=self.model,
             # Only what the guard model reads is neutralised: a text cannot close its own
             # turn or write the verdict (service/guard/template.py); the cache key and
@@ -328,7 +337,8 @@ class LlamaGuard:
 
     async def aclose(self) -> None:
         if self._owns_client:
-            await self._client.close()  # type: ignore[no-untyped-call]  # ollama leaves it bare
+            for client in (self._client, self._screens):
+                await client.close()  # type: ignore[no-untyped-call]  # ollama leaves it bare
 
 
 def classify(exc: BaseException, model: str, timeout: float) -> tuple[GuardError, bool]:
