@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,8 +18,12 @@ import httpx
 import ollama
 import pytest
 
-from service.guard.transport import MAX_BODY_BYTES, ScreenTransport
+from service.config import Settings
+from service.guard import transport
+from service.guard.llama_guard import LlamaGuard, proxied
+from service.guard.transport import ScreenTransport
 
+RESET = b"<reset>"  # the server resets the connection (RST) instead of answering
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 
 
@@ -62,6 +68,11 @@ async def _serve(script: Script, reader: asyncio.StreamReader, writer: asyncio.S
                     pass
                 step = script.answers.popleft() if script.answers else (OK, False)
             data, close = step
+            if data == RESET:
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+                return
             if data is not None:
                 writer.write(data)
                 await writer.drain()
@@ -139,30 +150,129 @@ async def test_an_error_status_is_an_answer_not_a_transport_error(server, client
 
 
 @pytest.mark.parametrize(
-    "answer, message",
+    "answer, close, message",
     [
-        (None, "without sending a response"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\ntoo short", "complete message body"),
-        (b"SSH-2.0-OpenSSH\r\n\r\n", "not an HTTP/1.x answer"),
-        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "malformed header"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "bad Content-Length"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+        (None, True, "without sending a response"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\ntoo short", True, "complete message body"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", False, "not an HTTP/1.x answer"),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", False, "malformed header"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", False, "bad Content-Length"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 11\r\n\r\nhi",
+            False,
+            "bad Content-Length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+            False,
+            "framing",
+        ),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", False, "framing"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", False, "bad chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n", False, "bad chunk size"),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", False, "unexpected 101"),
     ],
 )
-async def test_a_broken_answer_is_a_remote_protocol_error(server, client, answer, message):
+async def test_a_broken_answer_is_a_remote_protocol_error(server, client, answer, close, message):
     script, url = server
-    script.answer(answer, close=True)
+    script.answer(answer, close=close)  # most leave the connection open: it must not be kept
     with pytest.raises(httpx.RemoteProtocolError, match=message):
         await client.post(f"{url}/a", content=b"")
     assert (await client.post(f"{url}/a", content=b"")).status_code == 200  # a new connection
     assert script.connections == 2
 
 
-async def test_an_answer_over_the_size_bound_is_refused(server, client):
+async def test_bytes_past_the_answer_are_never_read_as_the_next_answer(server, client):
     script, url = server
-    script.answer(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1))
-    with pytest.raises(httpx.RemoteProtocolError, match="over"):
+    stale = b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"stale":1}'
+    script.answer(OK + stale)  # one answer, then one nobody asked for on the same connection
+    fresh = b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"fresh":1}'
+    script.answer(fresh)
+    assert (await client.post(f"{url}/a", content=b"")).json() == {"ok": True}
+    await asyncio.sleep(0.05)  # the extra bytes reach the client's buffer while it is idle
+    assert (await client.post(f"{url}/a", content=b"")).json() == {"fresh": 1}
+    assert script.connections == 2
+
+
+async def test_an_interim_100_continue_is_skipped_for_the_final_answer(server, client):
+    script, url = server
+    script.answer(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+    response = await client.post(f"{url}/a", content=b"x")
+    assert response.status_code == 200 and response.json() == {"ok": True}
+    await client.post(f"{url}/a", content=b"")
+    assert script.connections == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 101\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n"
+        + b"x" * 64
+        + b"\r\n40\r\n"
+        + b"y" * 64
+        + b"\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\n" + b"z" * 150,
+    ],
+    ids=["content-length", "chunked", "until-close"],
+)
+async def test_an_answer_over_the_size_bound_is_refused(server, client, monkeypatch, answer):
+    script, url = server
+    monkeypatch.setattr(transport, "MAX_BODY_BYTES", 100)
+    script.answer(answer, close=True)
+    with pytest.raises(httpx.RemoteProtocolError, match="over 100 bytes"):
         await client.post(f"{url}/a", content=b"")
+
+
+async def test_a_reset_is_a_read_error(server, client):
+    script, url = server
+    script.answer(RESET)
+    with pytest.raises(httpx.ReadError):
+        await client.post(f"{url}/a", content=b"")
+
+
+async def test_a_get_sends_no_body_and_no_length(server, client):
+    script, url = server
+    await client.get(f"{url}/api/tags")
+    ((_, head, body),) = script.requests
+    assert head.startswith(b"GET /api/tags HTTP/1.1\r\n") and body == b""
+    assert b"content-length" not in head.lower()
+
+
+async def test_at_most_max_idle_connections_are_kept(server):
+    script, url = server
+    script.answers.extend([0.05, 0.05])
+    async with httpx.AsyncClient(transport=ScreenTransport(max_idle=1)) as http:
+        await asyncio.gather(*(http.post(f"{url}/a", content=b"") for _ in range(2)))
+        assert script.connections == 2
+        await asyncio.sleep(0.05)
+        assert script.eofs == 1  # the second one was closed, not kept
+        await http.post(f"{url}/a", content=b"")
+        assert script.connections == 2  # the kept one served it
+
+
+async def test_closing_the_transport_closes_its_idle_connections(server):
+    script, url = server
+    screens = ScreenTransport()
+    async with httpx.AsyncClient(transport=screens) as http:
+        await http.post(f"{url}/a", content=b"")
+    await asyncio.sleep(0.05)
+    assert script.eofs == 1
+
+
+def test_screens_keep_httpx_transport_when_a_proxy_applies(monkeypatch):
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert not proxied("http://ollama:11434")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    assert proxied("http://ollama:11434") and proxied("ollama:11434")
+    assert not proxied("https://ollama:11434")  # no HTTPS_PROXY
+    monkeypatch.setenv("NO_PROXY", "ollama,localhost")
+    assert not proxied("http://ollama:11434") and proxied("http://other:11434")
+    direct = LlamaGuard(Settings(ollama_host="http://ollama:11434"))
+    through_proxy = LlamaGuard(Settings(ollama_host="http://other:11434"))
+    assert direct._screens is not direct._client  # its own client, on the lean transport
+    assert through_proxy._screens is through_proxy._client  # httpx's, which uses the proxy
 
 
 async def test_a_refused_connection_is_a_connect_error_and_ollama_says_so():
@@ -176,6 +286,7 @@ async def test_a_refused_connection_is_a_connect_error_and_ollama_says_so():
     guard_client = ollama.AsyncClient(host=f"http://127.0.0.1:{port}", transport=ScreenTransport())
     with pytest.raises(ConnectionError):  # what ollama makes of httpx.ConnectError
         await guard_client.chat(model="m", messages=[{"role": "user", "content": "hi"}])
+    await guard_client.close()  # type: ignore[no-untyped-call]
 
 
 async def test_no_answer_within_the_read_timeout_is_a_read_timeout(server):

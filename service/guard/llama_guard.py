@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -72,13 +73,17 @@ class LlamaGuard:
         # read timeout only has to stop a stalled model pull.
         timeout = httpx.Timeout(max(60.0, settings.guard_timeout), connect=settings.guard_timeout)
         self._client = client or ollama.AsyncClient(host=settings.ollama_host, timeout=timeout)
-        # Screens (one whole answer each, on every request's path) over the lean transport;
-        # readiness and pulls (a pull streams its progress) over httpx's own.
-        self._screens = client or ollama.AsyncClient(
-            host=settings.ollama_host,
-            timeout=timeout,
-            transport=ScreenTransport(max_idle=settings.guard_concurrency),
-        )
+        # Screens (one whole answer each, on every request's path) over the lean transport,
+        # unless the environment sends Ollama's traffic through a proxy (httpx's transport
+        # honours HTTP_PROXY; the lean one connects directly); readiness and pulls (a pull
+        # streams its progress) over httpx's own.
+        self._screens = client or self._client
+        if client is None and not proxied(settings.ollama_host):
+            self._screens = ollama.AsyncClient(
+                host=settings.ollama_host,
+                timeout=timeout,
+                transport=ScreenTransport(max_idle=settings.guard_concurrency),
+            )
         self._semaphore = asyncio.Semaphore(settings.guard_concurrency)
         self._cache = VerdictCache(settings.guard_cache_size, settings.guard_cache_ttl)
         self._inflight: dict[str, asyncio.Future[ScanResult]] = {}
@@ -337,7 +342,7 @@ class LlamaGuard:
 
     async def aclose(self) -> None:
         if self._owns_client:
-            for client in (self._client, self._screens):
+            for client in {id(c): c for c in (self._client, self._screens)}.values():
                 await client.close()  # type: ignore[no-untyped-call]  # ollama leaves it bare
 
 
@@ -369,6 +374,17 @@ def classify(exc: BaseException, model: str, timeout: float) -> tuple[GuardError
         return GuardError("malformed", f"Ollama sent a body that is not its JSON: {exc}"), False
     log.error("unexpected guard failure", exc_info=exc)
     return GuardError("malformed", f"unexpected {type(exc).__name__}: {exc}"), False
+
+
+def proxied(host: str) -> bool:
+    """Whether httpx would reach the Ollama at ``host`` (as OLLAMA_HOST is written) through a
+    proxy from the environment: HTTP_PROXY, HTTPS_PROXY or ALL_PROXY, less NO_PROXY."""
+    url = httpx.URL(host if "://" in host else f"http://{host}")
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get(url.scheme) or proxies.get("all")):
+        return False
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # untyped
+    return not bypass(url.host or "127.0.0.1", proxies)
 
 
 def same_model(wanted: str, listed: str) -> bool:

@@ -15,10 +15,11 @@ classification read every outcome as they would with httpx's transport:
   ``httpx.RemoteProtocolError``; a reset or another socket error: ``httpx.ReadError``.
 
 A connection is reused only after a complete, delimited answer that did not say
-``Connection: close``, and never after an error or a cancellation (a cancelled screen closes
-its connection, so Ollama sees the client go). An idle connection the server has closed, or
-one idle for longer than ``keepalive_expiry``, is dropped before it would be reused. Nothing
-is retried here: the guard's own retries decide that.
+``Connection: close`` and left nothing unread (framing as strict as h11's: one length, or
+``chunked`` alone; interim 1xx answers skipped), and never after an error or a
+cancellation (a cancelled screen closes its connection, so Ollama sees the client go). An
+idle connection the server has closed, or one idle for longer than ``keepalive_expiry``, is
+dropped before it would be reused. Nothing is retried here: the guard's own retries decide.
 
 Only ``http://``: anything else (``https://``) goes to httpx's default transport. Bodies are
 read whole (a screen's answer is a few hundred bytes; at most ``MAX_BODY_BYTES``), so the
@@ -28,6 +29,7 @@ guard's streaming calls (``pull``) keep httpx's transport.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -36,6 +38,7 @@ import httpx
 MAX_HEAD_BYTES = 64 * 1024  # the status line and headers of one answer
 MAX_BODY_BYTES = 8 * 1024 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 @dataclass(eq=False)
@@ -44,16 +47,27 @@ class _Connection:
     writer: asyncio.StreamWriter
     idle_since: float = field(default_factory=time.monotonic)
 
-    def usable(self, expiry: float) -> bool:
-        """Still open on both sides and not idle for too long."""
+    def clean(self) -> bool:
+        """Open on both sides, with nothing unread: asyncio reads whatever arrives into the
+        reader's buffer, and bytes there now (a body longer than its Content-Length, an
+        answer nobody asked for) would be read as the next request's answer. (``_buffer``
+        is private; without it the connection counts as not clean and is not reused.)"""
         return (
             not self.reader.at_eof()
             and not self.writer.is_closing()
-            and time.monotonic() - self.idle_since <= expiry
+            and len(getattr(self.reader, "_buffer", b"?")) == 0
         )
+
+    def usable(self, expiry: float) -> bool:
+        """Clean, and not idle for too long."""
+        return self.clean() and time.monotonic() - self.idle_since <= expiry
 
     def close(self) -> None:
         self.writer.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping anything still queued to send."""
+        self.writer.transport.abort()
 
 
 @dataclass
@@ -78,6 +92,7 @@ class ScreenTransport(httpx.AsyncBaseTransport):
         self._max_idle = max_idle
         self._keepalive_expiry = keepalive_expiry
         self._fallback = fallback  # for other schemes; httpx's default, made when first needed
+        self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "http":
@@ -91,9 +106,9 @@ class ScreenTransport(httpx.AsyncBaseTransport):
         try:
             answer = await _exchange(connection, payload, request, timeouts.get("read"))
         except BaseException:  # an error or a cancellation: the connection's state is unknown
-            connection.close()
+            connection.abort()
             raise
-        if answer.keep_alive:
+        if answer.keep_alive and connection.clean():
             self._checkin(key, connection)
         else:
             connection.close()
@@ -116,13 +131,14 @@ class ScreenTransport(httpx.AsyncBaseTransport):
 
     def _checkin(self, key: tuple[str, int], connection: _Connection) -> None:
         idle = self._idle.setdefault(key, [])
-        if len(idle) >= self._max_idle:
+        if self._closed or len(idle) >= self._max_idle:
             connection.close()
             return
         connection.idle_since = time.monotonic()
         idle.append(connection)
 
     async def aclose(self) -> None:
+        self._closed = True  # a call still running closes its connection when it ends
         for idle in self._idle.values():
             for connection in idle:
                 connection.close()
@@ -163,8 +179,14 @@ async def _exchange(
         async with asyncio.timeout(seconds):
             writer.write(payload)
             await writer.drain()
-            head = await _read_head(reader, request)
-            status, reason, headers, version = _parse_head(head, request)
+            status, reason, headers, version = _parse_head(
+                await _read_head(reader, request), request
+            )
+            while 100 <= status < 200:  # interim answers (100 Continue): the final one follows
+                if status == 101:
+                    raise httpx.RemoteProtocolError("unexpected 101", request=request)
+                head = await _read_head(reader, request)
+                status, reason, headers, version = _parse_head(head, request)
             body, delimited = await _read_body(reader, request, status, headers)
     except TimeoutError:
         raise httpx.ReadTimeout(f"no complete answer within {seconds}s", request=request) from None
@@ -224,14 +246,22 @@ async def _read_body(
     headers: list[tuple[bytes, bytes]],
 ) -> tuple[bytes, bool]:
     """(body, whether its end was delimited, so the connection can carry another exchange)."""
-    if request.method == "HEAD" or status in _NO_BODY_STATUSES or 100 <= status < 200:
+    if request.method == "HEAD" or status in _NO_BODY_STATUSES:
         return b"", True
-    fields = dict(headers)
-    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+    # As strict as h11 about framing: an answer framed two ways, or with two lengths, could
+    # leave bytes that a reused connection would read as the next answer.
+    encodings = [value.lower() for name, value in headers if name == b"transfer-encoding"]
+    lengths = {value for name, value in headers if name == b"content-length"}
+    if encodings:
+        if encodings != [b"chunked"] or lengths:
+            raise httpx.RemoteProtocolError(
+                f"unsupported framing: Transfer-Encoding {encodings}, Content-Length {lengths}",
+                request=request,
+            )
         return await _read_chunked(reader, request), True
-    length = fields.get(b"content-length")
-    if length is not None:
-        if not length.isdigit():
+    if lengths:
+        length = lengths.pop()
+        if lengths or not length.isdigit():
             raise httpx.RemoteProtocolError(f"bad Content-Length {length!r}", request=request)
         size = int(length)
         _check_size(size, request)
@@ -247,12 +277,9 @@ async def _read_chunked(reader: asyncio.StreamReader, request: httpx.Request) ->
     body = bytearray()
     while True:
         size_line = (await _read_line(reader, request)).split(b";", 1)[0].strip()
-        try:
-            size = int(size_line, 16)
-        except ValueError:
-            raise httpx.RemoteProtocolError(
-                f"bad chunk size {size_line[:20]!r}", request=request
-            ) from None
+        if not _CHUNK_SIZE.fullmatch(size_line):
+            raise httpx.RemoteProtocolError(f"bad chunk size {size_line[:20]!r}", request=request)
+        size = int(size_line, 16)
         if size == 0:
             while await _read_line(reader, request):  # trailers, up to the empty line
                 pass
