@@ -346,7 +346,7 @@ def _classify_ok(status: int, payload: bytes, body: bytes | None) -> bool:
     answer = json.loads(payload)
     [result] = answer["results"]
     return (
-        result["label"] in ("positive", "negative")
+        result["label"] in result["probabilities"]  # the model's own labels (an adapter's too)
         and result["screens"]["input"]["safe"] is True
         and result["screens"]["output"]["safe"] is True
     )
