@@ -1,5 +1,6 @@
 """Model benchmark: every shipped artifact's latency and throughput at several batch sizes,
-measured in one run so the quantized variants read as ratios to fp32; the LoRA adapter on
+measured in one run so the quantized variants read as ratios to fp32; the student and the
+cascade against the int8 CNN (also at the service's default TORCH_THREADS); the LoRA adapter on
 the fp32 CNN (shared base, mixed batches, merged copy) with its resident-memory cost; and the
 Switch layer's index dispatch against the dense [tokens, experts, capacity] dispatch.
 
@@ -29,6 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from service.config import Settings
 from service.models.adapters import ADAPTERS_FOLDER, AdapterArtifact, read_adapter
 from service.models.artifacts import NAMES, PACKAGE_ARTIFACTS
 from service.models.cascade import CascadeModel, is_cascade
@@ -40,6 +42,7 @@ BATCHES = (1, 8, 32, 128)
 ADAPTER = "hyperbole-lora"
 ADAPTER_BATCHES = (1, 32)
 MEMORY_COPIES = 10  # adapters loaded at once for the resident-memory reading
+SERVICE_THREADS: int = Settings.model_fields["torch_threads"].default
 
 
 def _cpu_name() -> str:
@@ -205,25 +208,7 @@ def time_student_and_cascade(
     out: dict = {"threshold": cascade.threshold if cascade else None}
     with torch.inference_mode():
         for batch in CASCADE_BATCHES:
-            ids = _ids(student, batch)
-            pair = {
-                STUDENT: lambda ids=ids: positive_probability(student.module, ids),
-                INT8: lambda ids=ids: positive_probability(int8.module, ids),
-            }
-            times: dict[str, list[float]] = {name: [] for name in pair}
-            for _ in range(3):
-                for fn in pair.values():
-                    fn()
-            for _ in range(max(1, repeats // BLOCK)):  # blocks in turns: each model's own
-                for name, fn in pair.items():  # weights warm in cache, as when it serves
-                    fn()
-                    for _ in range(BLOCK):
-                        start = time.perf_counter()
-                        fn()
-                        times[name].append(time.perf_counter() - start)
-            for name, ts in times.items():
-                out[(name, batch)] = {"per_s": batch / statistics.median(ts),
-                                      "p50_ms": statistics.median(ts) * 1e3}  # fmt: skip
+            out.update(time_student_pair(student, int8, batch, repeats))
             if cascade is None:
                 continue
             batches = [real[i : i + batch] for i in range(0, min(len(real), 512 * batch), batch)]
@@ -254,6 +239,72 @@ def time_student_and_cascade(
                 print(f"{name:<20} batch {batch:>3} (in turns): "
                       f"{out[(name, batch)]['per_s']:9.1f} reviews/s", file=sys.stderr)  # fmt: skip
     return out
+
+
+def time_student_pair(
+    student: LoadedModel, int8: LoadedModel, batch: int, repeats: int
+) -> dict[tuple[str, int], dict[str, float]]:
+    """The student and the int8 CNN on the same random token rows, in blocks of ``BLOCK``
+    calls of each in turns (each model's own weights warm in cache, as when it serves)."""
+    ids = _ids(student, batch)
+    pair = {
+        STUDENT: lambda: positive_probability(student.module, ids),
+        INT8: lambda: positive_probability(int8.module, ids),
+    }
+    times: dict[str, list[float]] = {name: [] for name in pair}
+    with torch.inference_mode():
+        for _ in range(3):
+            for fn in pair.values():
+                fn()
+        for _ in range(max(1, repeats // BLOCK)):
+            for name, fn in pair.items():
+                fn()
+                for _ in range(BLOCK):
+                    start = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - start)
+    return {
+        (name, batch): {
+            "per_s": batch / statistics.median(ts),
+            "p50_ms": statistics.median(ts) * 1e3,
+        }
+        for name, ts in times.items()
+    }
+
+
+def time_at_service_threads(
+    student: LoadedModel, int8: LoadedModel, repeats: int
+) -> dict[tuple[str, int], dict[str, float]]:
+    """:func:`time_student_pair` at the service's default TORCH_THREADS (the setting a served
+    model runs with unless configured), batches 1 and 32; the thread count is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(SERVICE_THREADS)
+    try:
+        out = {}
+        for batch in (1, 32):
+            out.update(time_student_pair(student, int8, batch, repeats))
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
+def _service_threads_lines(timed: dict) -> list[str]:
+    lines = [
+        "",
+        f"The same pair at TORCH_THREADS={SERVICE_THREADS}, the service's default (one thread "
+        "per process; the table above uses every core):",
+        "",
+        "| model | batch | p50 ms | reviews/s | x int8 CNN |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for batch in (1, 32):
+        for name in (STUDENT, INT8):
+            r = timed[(name, batch)]
+            ratio = r["per_s"] / timed[(INT8, batch)]["per_s"]
+            lines.append(
+                f"| {name} | {batch} | {r['p50_ms']:.3f} | {r['per_s']:,.0f} | {ratio:.1f} |"
+            )
+    return lines
 
 
 def _student_lines(timed: dict) -> list[str]:
@@ -444,6 +495,8 @@ def main() -> int:
     if STUDENT in models and INT8 in models:
         timed = time_student_and_cascade(Path(args.artifacts), Path(args.data), models, 200)
         lines += _student_lines(timed)
+        at_service = time_at_service_threads(models[STUDENT], models[INT8], 200)
+        lines += _service_threads_lines(at_service)
     if adapter_rows:
         lines += _adapter_lines(adapter_rows, memory)
     lines += [
