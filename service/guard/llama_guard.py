@@ -342,8 +342,9 @@ class LlamaGuard:
 
     async def aclose(self) -> None:
         if self._owns_client:
-            for client in {id(c): c for c in (self._client, self._screens)}.values():
-                await client.close()  # type: ignore[no-untyped-call]  # ollama leaves it bare
+            await self._client.close()  # type: ignore[no-untyped-call]  # ollama leaves it bare
+            if self._screens is not self._client:  # its own client only off a proxy
+                await self._screens.close()  # type: ignore[no-untyped-call]
 
 
 def classify(exc: BaseException, model: str, timeout: float) -> tuple[GuardError, bool]:
