@@ -269,3 +269,18 @@ def task_aged(task_id: str, state: int, age: float) -> Any:
     stamp = Timestamp()
     stamp.FromNanoseconds(int((time.time() - age) * 1e9))
     return Task(id=task_id, context_id="c", status=TaskStatus(state=state, timestamp=stamp))
+
+
+def judge_failing_past(words: int) -> Any:
+    """An Ollama-double judge that answers ``safe`` for an input screen and for a reply of at
+    most ``words`` words, and a non-verdict for any longer reply. Keyed on what is screened,
+    not on the order screens arrive in: a streamed reply's chunk screens overlap, so the
+    second chunk's screen can reach the guard before the first one's."""
+
+    def judge(messages: list[dict[str, Any]]) -> str:
+        reply = messages[-1] if messages and messages[-1].get("role") == "assistant" else None
+        if reply is None or len(str(reply.get("content", "")).split()) <= words:
+            return "safe"
+        return "I am not sure what you mean"  # not a verdict
+
+    return judge

@@ -21,6 +21,7 @@ from service.core.limits import LimitExceeded
 from service.core.pipeline import GuardedPipeline
 from service.guard import GuardError, LlamaGuard
 from service.models.registry import ModelRegistry
+from tests.helpers import judge_failing_past
 from tests.ollama_double import OllamaDouble
 
 REPLY = (
@@ -163,14 +164,7 @@ async def test_a_guard_failure_mid_reply_ends_it_with_the_guard_error(
     make_pipeline: Callable[..., GuardedPipeline], ollama_double: OllamaDouble
 ) -> None:
     ollama_double.set_replies(None, default=REPLY)
-    calls = 0
-
-    def judge(messages: list[dict[str, Any]]) -> str:
-        nonlocal calls
-        calls += 1
-        return "safe" if calls <= 2 else "I am not sure what you mean"  # not a verdict
-
-    ollama_double.set_rules(judge)
+    ollama_double.set_rules(judge_failing_past(4))  # the first chunk, "Sourdough needs a starter."
     _, reply = await make_pipeline().chat(_ask("Bread?"))
     released = []
     with pytest.raises(GuardError) as caught:
@@ -178,7 +172,7 @@ async def test_a_guard_failure_mid_reply_ends_it_with_the_guard_error(
             assert isinstance(event, ChatDelta)
             released.append(event.text)
     assert caught.value.kind == "unparseable"
-    assert len(released) == 1  # only the chunk whose screen passed (the second screen)
+    assert len(released) == 1  # only the chunk whose screen passed
 
 
 async def test_a_model_that_drops_mid_reply_ends_it_with_the_model_error(

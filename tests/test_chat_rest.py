@@ -24,7 +24,7 @@ from service.rest.openai import (
     OPENAI_CATEGORIES,
     OPENAI_COMPATIBLE_PATHS,
 )
-from tests.helpers import ServerProcess, curl, h2_client, running_server
+from tests.helpers import ServerProcess, curl, h2_client, judge_failing_past, running_server
 from tests.ollama_double import OllamaDouble
 
 CHAT = "llama3.2:1b"
@@ -228,14 +228,7 @@ async def test_a_guard_failure_mid_stream_raises_in_the_client(
     client: openai.AsyncOpenAI, double: OllamaDouble
 ) -> None:
     double.set_replies(None, default=SAFE_REPLY)
-    calls = 0
-
-    def judge(messages: list[dict[str, Any]]) -> str:
-        nonlocal calls
-        calls += 1
-        return "safe" if calls <= 2 else "I am not sure what you mean"  # not a verdict
-
-    double.set_rules(judge)
+    double.set_rules(judge_failing_past(4))  # the first chunk, "Sourdough needs a starter."
     stream = await client.chat.completions.create(model=CHAT, messages=ASK, stream=True)
     released: list[str] = []
     with pytest.raises(openai.APIError) as caught:
