@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from prometheus_client import REGISTRY
 
 from service.config import Settings
 from service.guard import Category, GuardError, LlamaGuard, Message
+from service.guard.scanner import Decision, ScanResult, ScanStatus
 from tests.helpers import screen_reply, screen_user
 from tests.ollama_double import OllamaDouble
 
@@ -259,6 +261,62 @@ async def test_a_known_verdict_is_read_without_a_call_and_counted_as_a_hit(
             guard.cached(())
     assert len(ollama_double.chat_requests) == 1
     assert metric("guard_cache_hits_total", source="cache") == hits_before + 1
+
+
+async def test_many_known_verdicts_are_read_in_order_and_each_counted_once(
+    ollama_double: OllamaDouble, guard_settings: MakeSettings
+) -> None:
+    ollama_double.set_rules([("bomb", "unsafe\nS9")])
+    safe_input = (Message("user", "a fine film"),)
+    unsafe_input = (Message("user", "how do I build a bomb"),)
+    safe_output = (Message("user", "a fine film"), Message("assistant", "positive (0.97)"))
+    unknown = (Message("user", "never screened"),)
+    async with LlamaGuard(guard_settings()) as guard:
+        for conversation in (safe_input, unsafe_input, safe_output):
+            await guard.scan(conversation)
+        before = {
+            "hits": metric("guard_cache_hits_total", source="cache"),
+            "input safe": metric("guard_calls_total", stage="input", outcome="safe"),
+            "input blocked": metric("guard_calls_total", stage="input", outcome="blocked"),
+            "output safe": metric("guard_calls_total", stage="output", outcome="safe"),
+            "S9": metric("guard_verdict_categories_total", code="S9", blocked="true"),
+        }
+        asked = [safe_input, unknown, unsafe_input, safe_output, safe_input, unsafe_input]
+        found = guard.cached_all(asked)
+        assert [None if v is None else v.safe for v in found] == [
+            True, None, False, True, True, False
+        ]  # fmt: skip
+        assert all(v.cached and v.latency_ms < 30 for v in found if v is not None)
+        assert found[2] is not None and [c.code for c in found[2].categories] == ["S9"]
+        assert metric("guard_cache_hits_total", source="cache") == before["hits"] + 5
+        assert metric("guard_calls_total", stage="input", outcome="safe") == (
+            before["input safe"] + 2
+        )
+        assert metric("guard_calls_total", stage="input", outcome="blocked") == (
+            before["input blocked"] + 2
+        )
+        assert metric("guard_calls_total", stage="output", outcome="safe") == (
+            before["output safe"] + 1
+        )
+        s9 = metric("guard_verdict_categories_total", code="S9", blocked="true")
+        assert s9 == before["S9"] + 2
+        # One invalid conversation: ValueError, and none of the others counted.
+        with pytest.raises(ValueError):
+            guard.cached_all([safe_input, ()])
+        assert metric("guard_cache_hits_total", source="cache") == before["hits"] + 5
+    assert len(ollama_double.chat_requests) == 3
+
+
+def test_a_verdict_served_again_keeps_everything_but_cached_and_latency() -> None:
+    error = GuardError("timeout", "no answer in 5 s")
+    for verdict in (
+        ScanResult.failed(error, "llama-guard3:1b"),
+        ScanResult(
+            Decision.BLOCK, (Category("S9", "Indiscriminate Weapons"),), "unsafe",
+            ScanStatus.OK, "llama-guard3:1b", latency_ms=31.5,
+        ),
+    ):  # fmt: skip
+        assert verdict.as_cached(0.25) == replace(verdict, cached=True, latency_ms=0.25)
 
 
 async def test_cached_verdicts_expire_after_the_ttl(

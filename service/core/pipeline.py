@@ -406,7 +406,7 @@ class GuardedPipeline:
         """Each conversation's verdict: the cached ones at once, without a task each (a
         32-text request whose verdicts are known then runs no guard coroutine at all), the
         others scanned concurrently."""
-        known = [self._scanner.cached(conversation) for conversation in conversations]
+        known = self._scanner.cached_all(conversations)
         missing = [i for i, verdict in enumerate(known) if verdict is None]
         scanned = await _all(self._scanner.scan(conversations[i]) for i in missing)
         results = dict(zip(missing, scanned, strict=True))

@@ -132,17 +132,42 @@ class LlamaGuard:
         """The cached verdict for a conversation, counted as a cache hit like a scan that
         finds it; None when it needs a scan. Synchronous: a caller with many conversations
         scans only the ones not known. Raises ValueError like scan for an invalid one."""
-        started = time.perf_counter()
-        conversation = _validated(messages)
-        stage = "output" if conversation[-1].role == "assistant" else "input"
-        return self._cache_hit(conversation_key(self.model, conversation), stage, started)
+        return self.cached_all([messages])[0]
+
+    def cached_all(self, conversations: Sequence[Sequence[Message]]) -> list[ScanResult | None]:
+        """:meth:`cached` of each conversation, in order, with the hits counted once per
+        outcome rather than once per hit (a 32-text request looks up 64 verdicts). Raises
+        ValueError, counting nothing, when any conversation is invalid."""
+        found: list[ScanResult | None] = []
+        # (stage, the stored verdict's id) -> [that verdict, hits]: by identity, as hashing a
+        # verdict would hash every field.
+        tally: dict[tuple[str, int], list[Any]] = {}
+        for messages in conversations:
+            started = time.perf_counter()
+            conversation = _validated(messages)
+            hit = self._cache.get(conversation_key(self.model, conversation))
+            if hit is None:
+                found.append(None)
+                continue
+            stage = "output" if conversation[-1].role == "assistant" else "input"
+            entry = tally.get((stage, id(hit)))
+            if entry is None:
+                tally[stage, id(hit)] = [hit, 1]
+            else:
+                entry[1] += 1
+            found.append(hit.as_cached(_ms_since(started)))
+        if tally:
+            cache_hit_counter("cache").inc(sum(hits for _, hits in tally.values()))
+            for (stage, _), (hit, hits) in tally.items():
+                self._count(hit, stage, hits)
+        return found
 
     def _cache_hit(self, key: str, stage: str, started: float) -> ScanResult | None:
         hit = self._cache.get(key)
         if hit is None:
             return None
         cache_hit_counter("cache").inc()
-        return self._count(replace(hit, cached=True, latency_ms=_ms_since(started)), stage)
+        return self._count(hit.as_cached(_ms_since(started)), stage)
 
     async def _screen(self, conversation: tuple[Message, ...], stage: str) -> ScanResult:
         started = time.perf_counter()
@@ -184,7 +209,7 @@ class LlamaGuard:
                     call.cancel()  # nobody waits for this verdict any more
                     GUARD_ABANDONED.inc()
         if joined:
-            verdict = replace(verdict, cached=True, latency_ms=_ms_since(started))
+            verdict = verdict.as_cached(_ms_since(started))
         return self._count(verdict, stage)
 
     def _call_done(
@@ -263,12 +288,13 @@ class LlamaGuard:
             keep_alive=self._keep_alive,
         )
 
-    def _count(self, verdict: ScanResult, stage: str) -> ScanResult:
+    def _count(self, verdict: ScanResult, stage: str, screens: int = 1) -> ScanResult:
+        """Count ``screens`` screens of ``stage`` that ended with this verdict."""
         outcome = "safe" if verdict.safe else "blocked" if verdict.blocked else "allowed_unsafe"
-        screen_counter(stage, outcome).inc()
+        screen_counter(stage, outcome).inc(screens)
         for category in verdict.categories:
             code = category.code if category.code in HAZARDS else "unknown"
-            GUARD_CATEGORIES.labels(code, str(verdict.blocked).lower()).inc()
+            GUARD_CATEGORIES.labels(code, str(verdict.blocked).lower()).inc(screens)
         return verdict
 
     # --- readiness and model management ----------------------------------------------------
