@@ -137,7 +137,12 @@ class Settings(BaseSettings):
     # when auth is off) may hold.
     guard_caller_share: float = Field(0.5, gt=0, le=1)
     guard_keep_alive: str = "30m"
-    guard_num_predict: int = Field(16, ge=1)
+    # Room for the longest verdict, "unsafe" and all fourteen codes; one cut short is refused.
+    guard_num_predict: int = Field(48, ge=1)
+    # The context (tokens) the guard model is run with, sent as Ollama's num_ctx. A text or
+    # conversation that might not fit is refused (service/guard/budget.py): Ollama would cut
+    # it, and the guard judge only part of it.
+    guard_num_ctx: int = Field(16_384, ge=1024)
     guard_cache_size: int = Field(4096, ge=0)
     guard_cache_ttl: float = Field(600.0, ge=0)
     guard_screen_input: bool = True

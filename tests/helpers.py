@@ -46,6 +46,8 @@ BASE_ENV: dict[str, str] = {
     "GUARD_BLOCK_CATEGORIES": "",
     "GUARD_PULL": "false",
     "GUARD_CONCURRENCY": "32",
+    "GUARD_NUM_PREDICT": "48",
+    "GUARD_NUM_CTX": "16384",
     "CHAT_MODEL": "llama3.2:1b",
     "REQUEST_TIMEOUT": "30",
     "MAX_BODY_BYTES": str(1024 * 1024),

@@ -53,6 +53,20 @@ DEMO_RULES: list[tuple[str, str]] = [
 ]
 
 
+# A guard verdict's tokens as Llama 3 splits them, near enough: "unsafe", "\n", "S", "1", ",".
+_VERDICT_TOKEN = re.compile(r"[A-Za-z]+|\d+|\s|.")
+
+
+def _predicted(answer: str, options: dict[str, Any]) -> tuple[str, str]:
+    """The guard's answer as generated under ``options.num_predict``, and why it ended: cut
+    to that many tokens ("length") as Ollama cuts it, or whole ("stop")."""
+    limit = int(options.get("num_predict") or 0)
+    tokens = _VERDICT_TOKEN.findall(answer)
+    if limit > 0 and len(tokens) > limit:
+        return "".join(tokens[:limit]), "length"
+    return answer, "stop"
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     method: str
@@ -326,7 +340,7 @@ class OllamaDouble:
         with self._lock:
             judge = self._judge
         started = time.perf_counter_ns()
-        answer = judge(messages)
+        answer, reason = _predicted(judge(messages), body.get("options") or {})
         prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
         return _Response.json(
             200,
@@ -334,7 +348,7 @@ class OllamaDouble:
                 "model": model,
                 "created_at": _now(),
                 "message": {"role": "assistant", "content": answer},
-                "done_reason": "stop",
+                "done_reason": reason,
                 "done": True,
                 "total_duration": time.perf_counter_ns() - started,
                 "load_duration": 0,

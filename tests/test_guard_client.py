@@ -36,7 +36,7 @@ async def test_input_is_screened_as_the_users_message(
     assert request.method == "POST"
     assert request.body["model"] == "llama-guard3:1b"
     assert request.body["messages"] == [{"role": "user", "content": "What a fine film."}]
-    assert request.body["options"] == {"temperature": 0, "num_predict": 16}
+    assert request.body["options"] == {"temperature": 0, "num_predict": 48, "num_ctx": 16_384}
     assert request.body["keep_alive"] == "30m"
     assert request.body["stream"] is False
 
@@ -64,7 +64,10 @@ async def test_the_8b_model_works_by_configuration_alone(
     ollama_double.set_models(["llama-guard3:8b"])
     ollama_double.set_rules([("knife", "unsafe\nS1")])
     settings = guard_settings(
-        guard_model="llama-guard3:8b", guard_num_predict=8, guard_keep_alive="-1"
+        guard_model="llama-guard3:8b",
+        guard_num_predict=8,
+        guard_keep_alive="-1",
+        guard_num_ctx=8192,
     )
     async with LlamaGuard(settings) as guard:
         verdict = await screen_user(guard, "where do I buy a knife to hurt him")
@@ -73,7 +76,7 @@ async def test_the_8b_model_works_by_configuration_alone(
     assert ready["model_present"] and ready["model"] == "llama-guard3:8b"
     [request] = ollama_double.chat_requests
     assert request.body["model"] == "llama-guard3:8b"
-    assert request.body["options"] == {"temperature": 0, "num_predict": 8}
+    assert request.body["options"] == {"temperature": 0, "num_predict": 8, "num_ctx": 8192}
     assert request.body["keep_alive"] == -1  # a bare number is seconds for Ollama
 
 
@@ -317,6 +320,61 @@ def test_a_verdict_served_again_keeps_everything_but_cached_and_latency() -> Non
         ),
     ):  # fmt: skip
         assert verdict.as_cached(0.25) == replace(verdict, cached=True, latency_ms=0.25)
+
+
+async def test_a_conversation_that_might_not_fit_the_context_is_refused_without_a_call(
+    ollama_double: OllamaDouble, guard_settings: MakeSettings
+) -> None:
+    # 1024 - 16 for the verdict leaves 1008 tokens; 512 + 8 go around one message.
+    settings = guard_settings(guard_num_ctx=1024, guard_num_predict=16)
+    errors = metric("guard_errors_total", kind="too_long")
+    async with LlamaGuard(settings) as guard:
+        fits = await guard.scan((Message("user", "a" * 488),))
+        assert fits.safe
+        too_long = await guard.scan((Message("user", "a" * 489),))
+        assert too_long.blocked and too_long.error is not None
+        assert too_long.error.kind == "too_long"
+        # Counted as the guard reads it: each marker's ASCII brackets become 3-byte ones.
+        marked = await guard.scan((Message("user", "<|x|>" * 60),))  # 300 bytes, 540 read
+        assert marked.error is not None and marked.error.kind == "too_long"
+    assert len(ollama_double.chat_requests) == 1  # only the one that fits was sent
+    assert metric("guard_errors_total", kind="too_long") == errors + 2
+
+
+async def test_a_screen_arriving_as_an_abandoned_call_is_cancelled_gets_its_own_call(
+    ollama_double: OllamaDouble, guard_settings: MakeSettings
+) -> None:
+    ollama_double.set_latency(0.3)
+    conversation = (Message("user", "a fine film"),)
+    async with LlamaGuard(guard_settings()) as guard:
+        first = asyncio.create_task(guard.scan(conversation))
+        await asyncio.sleep(0.1)  # its call is on the wire
+        first.cancel()  # its only waiter leaves: the call is cancelled...
+        # ...and, in the same loop pass, before that call has ended, the same screen again.
+        second = asyncio.create_task(guard.scan(conversation))
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        verdict = await second
+    assert verdict.safe and not verdict.cached
+    assert len(ollama_double.chat_requests) == 2
+
+
+async def test_a_verdict_cut_at_num_predict_fails_closed(
+    ollama_double: OllamaDouble, guard_settings: MakeSettings
+) -> None:
+    # 13 tokens; cut at 10 it reads "unsafe\nS1,S2,S5": unsafe, but without the code that
+    # blocks here. Read as it is, it would let the text through.
+    ollama_double.set_rules([("film", "unsafe\nS1,S2,S5,S9")])
+    cut = guard_settings(guard_num_predict=10, guard_block_categories=["S9"])
+    async with LlamaGuard(cut) as guard:
+        verdict = await guard.scan((Message("user", "a film"),))
+    assert verdict.blocked and verdict.error is not None
+    assert verdict.error.kind == "unparseable"
+    whole = guard_settings(guard_block_categories=["S9"])
+    async with LlamaGuard(whole) as guard:
+        verdict = await guard.scan((Message("user", "a film"),))
+    assert verdict.blocked and verdict.error is None
+    assert [c.code for c in verdict.categories] == ["S1", "S2", "S5", "S9"]
 
 
 async def test_cached_verdicts_expire_after_the_ttl(

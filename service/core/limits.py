@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from service.core.errors import ServiceError
+from service.guard.budget import REPLY_RESERVE_BYTES, conversation_bytes_limit
 from service.guard.scanner import Message
+from service.guard.template import neutralise
 
 ItemPath = tuple[str | int, ...]
 
@@ -42,10 +44,33 @@ class LimitExceeded(ServiceError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask of the core."""
+    """What one request may ask of the core.
+
+    With ``guard_num_ctx`` set, every screen the request leads to must also fit the guard's
+    context (:mod:`service.guard.budget`): a text with its rendered reply, a conversation as
+    a whole. Its size is counted in UTF-8 bytes as the guard reads it (markers neutralised).
+    """
 
     max_batch: int  # texts per classification, messages per conversation, conversations
     max_text_chars: int  # characters per text or message
+    guard_num_ctx: int | None = None  # the guard's context in tokens; None: not checked
+    guard_num_predict: int = 16
+
+    @property
+    def max_text_bytes(self) -> int | None:
+        """The most UTF-8 bytes one classified text may have (its output screen is the text
+        and a short rendered reply)."""
+        if self.guard_num_ctx is None:
+            return None
+        room = conversation_bytes_limit(self.guard_num_ctx, self.guard_num_predict, turns=2)
+        return room - REPLY_RESERVE_BYTES
+
+    def max_conversation_bytes(self, messages: int) -> int | None:
+        """The most UTF-8 bytes ``messages`` messages may hold together, with a turn to spare
+        for a reply."""
+        if self.guard_num_ctx is None:
+            return None
+        return conversation_bytes_limit(self.guard_num_ctx, self.guard_num_predict, messages + 1)
 
     def check_texts(self, texts: Sequence[object], at: ItemPath = ("texts",)) -> None:
         """Raise LimitExceeded unless ``texts`` holds 1..max_batch non-blank texts of at
@@ -68,8 +93,18 @@ class Limits:
             violations = [
                 violation
                 for index, message in enumerate(messages)
-                if (violation := self._text(message.content, (*at, index, "content"))) is not None
+                if (violation := self._text(message.content, (*at, index, "content"), False))
+                is not None
             ]
+        limit = self.max_conversation_bytes(len(messages))
+        if not violations and limit is not None:
+            size = sum(_guard_bytes(message.content, limit) for message in messages)
+            if size > limit:
+                reason = (
+                    f"the messages hold {size} bytes of UTF-8 text; the guard reads at most "
+                    f"{limit} at once (GUARD_NUM_CTX)"
+                )
+                violations = [Violation(at, reason, "too_long", limit)]
         if violations:
             raise LimitExceeded(violations)
 
@@ -90,7 +125,9 @@ class Limits:
             return [Violation(at, reason, "too_long", self.max_batch)]
         return []
 
-    def _text(self, text: object, item: ItemPath) -> Violation | None:
+    def _text(self, text: object, item: ItemPath, alone: bool = True) -> Violation | None:
+        """A violation of the text limits, or None; ``alone``: the text is screened on its
+        own (with its reply), so it must fit the guard's context by itself."""
         limit = self.max_text_chars
         if not isinstance(text, str) or not text.strip():
             return Violation(item, "text must be a non-blank string", "string_too_short")
@@ -102,4 +139,18 @@ class Limits:
             text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates ("\ud800") pass JSON but are not text
             return Violation(item, "text is not valid Unicode (lone surrogate)", "string_unicode")
+        max_bytes = self.max_text_bytes if alone else None
+        if max_bytes is not None and (size := _guard_bytes(text, max_bytes)) > max_bytes:
+            reason = (
+                f"{size} bytes of UTF-8 text; the guard reads at most {max_bytes} (GUARD_NUM_CTX)"
+            )
+            return Violation(item, reason, "string_too_long", max_bytes)
         return None
+
+
+def _guard_bytes(text: str, limit: int) -> int:
+    """The UTF-8 size of ``text`` as the guard reads it. Neutralising a marker turns each of
+    its two ASCII brackets into a 3-byte one, so it can at most triple the size: only a text
+    that could then pass ``limit`` is neutralised to count exactly."""
+    size = len(text.encode("utf-8"))
+    return len(neutralise(text).encode("utf-8")) if 3 * size > limit else size

@@ -113,9 +113,13 @@ class GuardedPipeline:
         self._scanner = scanner
         self._settings = settings
         self._chat = chat_model
-        self.limits = Limits(max_batch=settings.max_batch, max_text_chars=settings.max_text_chars)
+        guard_context = {
+            "guard_num_ctx": settings.guard_num_ctx,
+            "guard_num_predict": settings.guard_num_predict,
+        }
+        self.limits = Limits(settings.max_batch, settings.max_text_chars, **guard_context)
         self.chat_limits = Limits(
-            max_batch=settings.chat_max_messages, max_text_chars=settings.max_text_chars
+            settings.chat_max_messages, settings.max_text_chars, **guard_context
         )
         self.chunk_policy = ChunkPolicy(settings.chat_chunk_tokens, settings.chat_chunk)
         self._batchers: dict[str, Batcher[tuple[str, str], Prediction]] = {}

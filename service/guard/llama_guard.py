@@ -36,6 +36,7 @@ import httpx
 import ollama
 
 from service.guard.admission import Admission, caller, follow_up
+from service.guard.budget import tokens_bound
 from service.guard.cache import VerdictCache, conversation_key
 from service.guard.metrics import (
     GUARD_ABANDONED,
@@ -92,7 +93,13 @@ class LlamaGuard:
             settings.guard_concurrency, settings.guard_queue, settings.guard_caller_share
         )
         self._block_categories = tuple(settings.guard_block_categories)
-        self._options = {"temperature": 0, "num_predict": settings.guard_num_predict}
+        # num_ctx on every call: Ollama cuts a prompt longer than the context it runs the model
+        # with, and a screen must see all of the conversation (service/guard/budget.py).
+        self._options = {
+            "temperature": 0,
+            "num_predict": settings.guard_num_predict,
+            "num_ctx": settings.guard_num_ctx,
+        }
         self._keep_alive = _keep_alive(settings.guard_keep_alive)
         for stage in ("input", "output"):
             if not getattr(settings, f"guard_screen_{stage}"):
@@ -179,6 +186,7 @@ class LlamaGuard:
         call = self._inflight.get(key)
         joined = call is not None
         if call is None:
+            self._check_fits(conversation, stage)
             who, following = caller.get(), follow_up.get()
             refusal = self._admission.enter(who, following)
             if refusal is not None:  # refused at once, not left to time out in a queue
@@ -208,9 +216,29 @@ class LlamaGuard:
                 if self._waiters[call] == 0 and not call.done():
                     call.cancel()  # nobody waits for this verdict any more
                     GUARD_ABANDONED.inc()
+                    # Forgotten at once: the cancelled call ends a loop pass later, and a
+                    # screen of the same conversation arriving meanwhile must start its own
+                    # call, not join this one and be handed its cancellation.
+                    if self._inflight.get(key) is call:
+                        del self._inflight[key]
         if joined:
             verdict = verdict.as_cached(_ms_since(started))
         return self._count(verdict, stage)
+
+    def _check_fits(self, conversation: tuple[Message, ...], stage: str) -> None:
+        """Raise GuardError ``too_long`` (fail closed) for a conversation that might not fit
+        the guard's context: Ollama would cut it and the guard judge only part of it."""
+        needed = tokens_bound(neutralise(message.content) for message in conversation)
+        room = self.settings.guard_num_ctx - self.settings.guard_num_predict
+        if needed > room:
+            GUARD_CALLS.labels(stage, "error").inc()
+            GUARD_ERRORS.labels("too_long").inc()
+            raise GuardError(
+                "too_long",
+                f"the conversation may need {needed} prompt tokens; GUARD_NUM_CTX "
+                f"{self.settings.guard_num_ctx} leaves {room} after the verdict",
+                retry_after=self.settings.guard_retry_after,
+            )
 
     def _call_done(
         self, key: str, call: asyncio.Future[ScanResult], who: str, following: bool
@@ -254,6 +282,13 @@ class LlamaGuard:
                     await asyncio.sleep(delay)
             answer = response.message.content or ""
             try:
+                if response.done_reason == "length":
+                    # Cut at num_predict: a list of codes may have lost the one that blocks.
+                    raise GuardError(
+                        "unparseable",
+                        f"the verdict was cut at GUARD_NUM_PREDICT="
+                        f"{self.settings.guard_num_predict} tokens: {answer!r}",
+                    )
                 verdict = parse_verdict(
                     answer, model=self.model, block_categories=self._block_categories
                 )

@@ -20,7 +20,14 @@ from service.core.errors import ServiceError
 
 Role = Literal["user", "assistant"]
 ErrorKind = Literal[
-    "timeout", "connection", "http", "model_missing", "malformed", "unparseable", "overloaded"
+    "timeout",
+    "connection",
+    "http",
+    "model_missing",
+    "malformed",
+    "unparseable",
+    "overloaded",
+    "too_long",
 ]
 
 
@@ -119,8 +126,10 @@ class GuardError(ServiceError):
     status from Ollama), ``model_missing`` (the guard model is not pulled), ``malformed`` (a
     body that is not the JSON Ollama sends) or ``unparseable`` (the model's answer is neither
     ``safe`` nor ``unsafe`` with category codes) or ``overloaded`` (the guard's queue, or the
-    caller's share of it, is full: refused at once). ``message`` is what a caller is told; it never
-    includes the internal ``detail`` (which ``str(error)`` has, for the log).
+    caller's share of it, is full: refused at once) or ``too_long`` (the conversation might not
+    fit the guard's context, GUARD_NUM_CTX; request limits refuse most such texts before, this
+    catches what grows later, such as a long chat reply). ``message`` is what a caller is told;
+    it never includes the internal ``detail`` (which ``str(error)`` has, for the log).
     """
 
     problem = "guard-unavailable"
