@@ -16,7 +16,7 @@ import pytest
 from service.chat.model import ChatModel
 from service.chat.types import ChatDelta, ChatEnd, ChatEvent, ChatMessage
 from service.config import Settings
-from service.core.errors import ChatUnavailable, ContentBlocked
+from service.core.errors import ChatUnavailable, ContentBlocked, RequestTimeout
 from service.core.limits import LimitExceeded
 from service.core.pipeline import GuardedPipeline
 from service.guard import GuardError, LlamaGuard
@@ -215,6 +215,41 @@ async def test_the_whole_reply_is_screened_once_without_streaming(
     ollama_double.set_replies(None, default="Knead, rise, bake.")
     fine = await make_pipeline().chat_complete(_ask("Bread?"))
     assert fine.text == "Knead, rise, bake." and fine.end.finish_reason == "stop"
+
+
+async def test_a_replys_chunk_screens_are_follow_ups_a_full_queue_does_not_refuse(
+    make_pipeline: Callable[..., GuardedPipeline], ollama_double: OllamaDouble
+) -> None:
+    # One place per caller for first screens: the input screen takes it. The chunks' screens
+    # overlap (all start while the first still runs); as first screens, the second would be
+    # refused and the reply cut off. As follow-ups they have places of their own.
+    reply = "one two three four five six seven eight"
+    ollama_double.set_replies(None, default=reply)
+    ollama_double.set_latency(0.2)
+    pipeline = make_pipeline(guard_concurrency=2, guard_queue=0, guard_caller_share=0.5)
+    events = await _collect(pipeline, "Count to eight.")
+    end = events[-1]
+    assert isinstance(end, ChatEnd) and end.finish_reason == "stop", end
+    assert "".join(e.text for e in events if isinstance(e, ChatDelta)) == reply
+    assert end.guard_calls == 2
+
+
+async def test_the_whole_replys_screen_ends_at_the_request_timeout(
+    make_pipeline: Callable[..., GuardedPipeline], ollama_double: OllamaDouble
+) -> None:
+    ollama_double.set_replies(None, default="Knead, rise, bake.")
+
+    def slow_on_replies(messages: list[dict[str, Any]]) -> str:
+        if messages and messages[-1].get("role") == "assistant":
+            time.sleep(2.0)  # the reply's screen, well past the request's deadline
+        return "safe"
+
+    ollama_double.set_rules(slow_on_replies)
+    pipeline = make_pipeline(request_timeout=0.5, guard_timeout=5.0)
+    started = time.perf_counter()
+    with pytest.raises(RequestTimeout):
+        await pipeline.chat_complete(_ask("Bread?"))
+    assert time.perf_counter() - started < 1.8
 
 
 @pytest.mark.parametrize(

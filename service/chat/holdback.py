@@ -25,6 +25,7 @@ from typing import Literal
 from service.chat.metrics import FIRST_RELEASE, GUARD_CALLS_PER_REPLY, REPLIES, STOPPED, TOKENS
 from service.chat.model import Generated
 from service.chat.types import ChatDelta, ChatEnd, ChatEvent, Usage
+from service.guard.admission import follow_up
 from service.guard.scanner import Message, ScanResult, ScanStatus
 
 Scan = Callable[[tuple[Message, ...]], Awaitable[ScanResult]]
@@ -164,9 +165,15 @@ class ScreenedReply:
             screen: asyncio.Future[ScanResult] = skipped
         else:
             self.guard_calls += 1
-            screen = asyncio.ensure_future(
-                self._scan((*self._conversation, Message("assistant", reply)))
-            )
+            # A follow-up (service/guard/admission.py): the reply's conversation was admitted
+            # at its input screen, and a full queue must not cut the reply off midway.
+            token = follow_up.set(True)
+            try:
+                screen = asyncio.ensure_future(
+                    self._scan((*self._conversation, Message("assistant", reply)))
+                )
+            finally:
+                follow_up.reset(token)
         queue.put_nowait(_Chunk(text, len(pieces), screen))
         return reply
 

@@ -71,17 +71,26 @@ class ChatModel:
                         options=options,
                         keep_alive=self._keep_alive,
                     )
-                    async for part in stream:
-                        text = part.message.content or ""
-                        if text:
-                            yield text
-                        if part.done:
-                            yield Generated(
-                                done_reason="length" if part.done_reason == "length" else "stop",
-                                prompt_tokens=part.prompt_eval_count or 0,
-                                completion_tokens=part.eval_count or 0,
-                            )
-                            return
+                    try:
+                        async for part in stream:
+                            text = part.message.content or ""
+                            if text:
+                                yield text
+                            if part.done:
+                                yield Generated(
+                                    done_reason=(
+                                        "length" if part.done_reason == "length" else "stop"
+                                    ),
+                                    prompt_tokens=part.prompt_eval_count or 0,
+                                    completion_tokens=part.eval_count or 0,
+                                )
+                                return
+                    finally:
+                        # The client's stream holds its HTTP response until closed; left to
+                        # the garbage collector, the connection would stay taken till then.
+                        close = getattr(stream, "aclose", None)
+                        if close is not None:
+                            await close()
             raise ChatUnavailable("malformed", "the stream ended without a final message")
         except ChatUnavailable:
             raise

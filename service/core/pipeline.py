@@ -307,7 +307,9 @@ class GuardedPipeline:
                 generated = piece
         assert generated is not None  # generate() ends with one, or raises
         text = "".join(pieces)
-        output = await self._screen_output_turns(guard_view(conversation), text)
+        # Bounded like every screen of a request: a guard queue that does not move must not
+        # hold the caller past REQUEST_TIMEOUT.
+        output = await self._bounded(self._screen_output_turns(guard_view(conversation), text))
         _raise_for_errors([output])
         reason: FinishReason = "length" if generated.done_reason == "length" else "stop"
         usage = Usage(generated.prompt_tokens, generated.completion_tokens, 0)
@@ -345,7 +347,11 @@ class GuardedPipeline:
         if not self._settings.guard_screen_output:
             GUARD_CALLS.labels("output", "skipped").inc()
             return ScanResult.skipped(self._scanner.model)
-        return await self._scanner.scan((*conversation, Message("assistant", reply)))
+        token = follow_up.set(True)  # the reply of a conversation admitted at its input
+        try:
+            return await self._scanner.scan((*conversation, Message("assistant", reply)))
+        finally:
+            follow_up.reset(token)
 
     # --- internals -----------------------------------------------------------------------
     async def _bounded(self, work: Awaitable[T]) -> T:
