@@ -72,6 +72,15 @@ def test_a_conversation_must_fit_as_a_whole() -> None:
     assert "GUARD_NUM_CTX" in violation.reason
 
 
+def test_markers_are_counted_over_the_whole_conversation() -> None:
+    # Each message alone is under a third of the 472 bytes, but neutralised they hold
+    # 2 x 30 x 9 = 540 bytes: counted message by message they would seem to fit.
+    marked = [Message("user", MARKER * 30), Message("assistant", MARKER * 30)]
+    assert 3 * len((MARKER * 30).encode()) < 472
+    with pytest.raises(LimitExceeded):
+        limits().check_conversation(marked)
+
+
 def test_without_a_context_only_the_character_limit_applies() -> None:
     Limits(max_batch=8, max_text_chars=20_000).check_texts(["a" * 20_000])
 

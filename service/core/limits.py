@@ -12,9 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from service.core.errors import ServiceError
-from service.guard.budget import REPLY_RESERVE_BYTES, conversation_bytes_limit
+from service.guard.budget import REPLY_RESERVE_BYTES, conversation_bytes_limit, guard_bytes
 from service.guard.scanner import Message
-from service.guard.template import neutralise
 
 ItemPath = tuple[str | int, ...]
 
@@ -98,7 +97,7 @@ class Limits:
             ]
         limit = self.max_conversation_bytes(len(messages))
         if not violations and limit is not None:
-            size = sum(_guard_bytes(message.content, limit) for message in messages)
+            size = guard_bytes([message.content for message in messages], limit)
             if size > limit:
                 reason = (
                     f"the messages hold {size} bytes of UTF-8 text; the guard reads at most "
@@ -140,17 +139,9 @@ class Limits:
         except UnicodeEncodeError:  # lone surrogates ("\ud800") pass JSON but are not text
             return Violation(item, "text is not valid Unicode (lone surrogate)", "string_unicode")
         max_bytes = self.max_text_bytes if alone else None
-        if max_bytes is not None and (size := _guard_bytes(text, max_bytes)) > max_bytes:
+        if max_bytes is not None and (size := guard_bytes([text], max_bytes)) > max_bytes:
             reason = (
                 f"{size} bytes of UTF-8 text; the guard reads at most {max_bytes} (GUARD_NUM_CTX)"
             )
             return Violation(item, reason, "string_too_long", max_bytes)
         return None
-
-
-def _guard_bytes(text: str, limit: int) -> int:
-    """The UTF-8 size of ``text`` as the guard reads it. Neutralising a marker turns each of
-    its two ASCII brackets into a 3-byte one, so it can at most triple the size: only a text
-    that could then pass ``limit`` is neutralised to count exactly."""
-    size = len(text.encode("utf-8"))
-    return len(neutralise(text).encode("utf-8")) if 3 * size > limit else size

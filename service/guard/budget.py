@@ -15,7 +15,9 @@ instructions, the fourteen hazard categories, the section markers) takes about 3
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+from service.guard.template import neutralise
 
 PROMPT_TOKENS = 512  # the guard's prompt around the conversation, with room to spare
 TURN_TOKENS = 8  # per message: its role label and separators
@@ -25,6 +27,18 @@ REPLY_RESERVE_BYTES = 64  # a classification's rendered reply ("positive (0.97)"
 def tokens_bound(contents: Iterable[str]) -> int:
     """At most how many prompt tokens the guard needs for a conversation of ``contents``."""
     return PROMPT_TOKENS + sum(TURN_TOKENS + len(text.encode("utf-8")) for text in contents)
+
+
+def guard_bytes(contents: Sequence[str], limit: int) -> int:
+    """The UTF-8 size of ``contents`` together as the guard reads them (markers neutralised).
+    Neutralising turns a marker's ASCII brackets into 3-byte ones, so it can at most triple
+    the size: only contents that could then pass ``limit`` are neutralised to count exactly.
+    (Over the whole conversation, not per message: each message under a third of the limit
+    does not keep their sum under it.)"""
+    size = sum(len(text.encode("utf-8")) for text in contents)
+    if 3 * size <= limit:
+        return size
+    return sum(len(neutralise(text).encode("utf-8")) for text in contents)
 
 
 def conversation_bytes_limit(num_ctx: int, num_predict: int, turns: int = 1) -> int:

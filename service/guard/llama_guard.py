@@ -36,7 +36,7 @@ import httpx
 import ollama
 
 from service.guard.admission import Admission, caller, follow_up
-from service.guard.budget import tokens_bound
+from service.guard.budget import conversation_bytes_limit, guard_bytes
 from service.guard.cache import VerdictCache, conversation_key
 from service.guard.metrics import (
     GUARD_ABANDONED,
@@ -228,15 +228,17 @@ class LlamaGuard:
     def _check_fits(self, conversation: tuple[Message, ...], stage: str) -> None:
         """Raise GuardError ``too_long`` (fail closed) for a conversation that might not fit
         the guard's context: Ollama would cut it and the guard judge only part of it."""
-        needed = tokens_bound(neutralise(message.content) for message in conversation)
-        room = self.settings.guard_num_ctx - self.settings.guard_num_predict
-        if needed > room:
+        num_ctx, num_predict = self.settings.guard_num_ctx, self.settings.guard_num_predict
+        room = conversation_bytes_limit(num_ctx, num_predict, len(conversation))
+        size = guard_bytes([message.content for message in conversation], room)
+        if size > room:
+            needed = num_ctx - num_predict - room + size
             GUARD_CALLS.labels(stage, "error").inc()
             GUARD_ERRORS.labels("too_long").inc()
             raise GuardError(
                 "too_long",
                 f"the conversation may need {needed} prompt tokens; GUARD_NUM_CTX "
-                f"{self.settings.guard_num_ctx} leaves {room} after the verdict",
+                f"{num_ctx} leaves {num_ctx - num_predict} after the verdict",
                 retry_after=self.settings.guard_retry_after,
             )
 
