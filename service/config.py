@@ -164,7 +164,8 @@ class Settings(BaseSettings):
     # Most messages in one conversation (each at most MAX_TEXT_CHARS characters).
     chat_max_messages: int = Field(64, ge=1)
     # The streamed reply is held back and screened in chunks: a chunk ends after this many
-    # tokens, or (CHAT_CHUNK=sentences) at the first sentence end before that.
+    # tokens, or (CHAT_CHUNK=sentences) at the first sentence end before that once it holds
+    # a quarter of them.
     chat_chunk: Literal["tokens", "sentences"] = "tokens"
     chat_chunk_tokens: int = Field(24, ge=1)
     # Seconds an A2A chat conversation may wait for the caller's next message before it is
@@ -267,6 +268,12 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown hazard codes {unknown}; known: S1..S14")
         return codes
+
+    def chat_turn_timeout(self) -> float:
+        """Seconds a whole chat reply may take, on every front end: its input screen within
+        REQUEST_TIMEOUT, then generation within CHAT_TIMEOUT (the reply's screens overlap
+        generation; the last one must fit too). 0 when chat is off."""
+        return self.request_timeout + self.chat_timeout if self.chat_model else 0.0
 
     def guard_worst_case(self) -> float:
         """Seconds one guard screen may take before it gives up: every attempt timing out

@@ -52,6 +52,7 @@ REPLIES = [
     ("poison", "Sure. Step one is easy. Step two needs poison from a shop. Step three."),
 ]
 FIRST, SECOND = "My first question, please.", "And my second question?"
+GOOD_REVIEW = "One of the best films I have ever seen: moving and beautifully acted."
 UNSUPPORTED, INVALID, NOT_CANCELABLE = -32004, -32602, -32002
 
 pytestmark = pytest.mark.usefixtures("fresh_double")
@@ -753,3 +754,29 @@ async def test_a_conversation_continues_on_another_replica_sharing_the_store(
             "chat-reply-1": reply_of(FIRST),
             "chat-reply-2": reply_of(SECOND),
         }
+
+
+@pytest.mark.parametrize("binding", ["jsonrpc", "rest"])
+async def test_a_full_in_memory_store_fails_new_tasks_and_keeps_the_waiting_ones(
+    double: OllamaDouble, fresh_double: OllamaDouble, binding: str
+) -> None:
+    fresh_double.set_replies(REPLIES)
+    # TASK_STORE_MAX_TASKS 4: one caller may hold one unfinished task (a quarter).
+    with running_server(
+        ollama_host=double.url, chat_model="llama3.2:1b", task_store_max_tasks=4
+    ) as server:
+        async with h2_client(server) as http:
+            api = Api(http, binding, "1.0")
+            waiting = await api.say(FIRST)
+            assert state_of(waiting["status"]["state"]) == "input-required"
+            for skill in ("chat", None):  # a new conversation, a one-shot classification
+                refused = await api.say(GOOD_REVIEW, skill=skill)
+                assert state_of(refused["status"]["state"]) == "failed", refused
+                assert status_data(refused) == {"reason": "task-store-full", "retry_after": 5}
+                assert "for one caller (1 task)" in status_text(refused)
+            # The waiting conversation was kept and goes on; once it ends, there is room.
+            second = await api.say(SECOND, task_id=waiting["id"], skill=None)
+            assert state_of(second["status"]["state"]) == "input-required"
+            await api.cancel(waiting["id"])
+            classified = await api.say(GOOD_REVIEW, skill=None)
+            assert state_of(classified["status"]["state"]) == "completed", classified

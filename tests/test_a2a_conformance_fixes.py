@@ -361,3 +361,15 @@ async def test_a_text_beside_a_data_part_the_agent_does_not_read_is_classified(
     _parts_of(typo)[1]["data"] = {"data": data} if binding == "rest-0.3" else data
     refused = await http.post(path, json=typo, headers=headers)
     assert "unknown keys ['modle']" in refused.text, refused.text
+
+    # The history keeps what is not read too: a few KB of it pass, more is refused.
+    for size, accepted in ((6_000, True), (9_000, False)):
+        padded = _with_id(template)
+        foreign = {"source": "crm", "note": "n" * size}
+        _parts_of(padded)[1]["data"] = {"data": foreign} if binding == "rest-0.3" else foreign
+        answer = await http.post(path, json=padded, headers=headers)
+        if accepted:
+            assert "positive" in answer.text, answer.text
+        else:
+            assert "bytes beyond the texts and data this agent reads" in answer.text, answer.text
+            assert "at most 8192" in answer.text, answer.text

@@ -526,3 +526,32 @@ async def test_rest_odd_bodies_are_422_problems(
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["type"] == "/problems/validation-error"
     assert double.chat_requests == []
+
+
+async def test_a_refusal_repeats_at_most_a_bounded_part_of_what_it_refuses(
+    http: httpx.AsyncClient,
+) -> None:
+    long_name = "s" * 5_000
+    response = await http.post(
+        "/a2a/jsonrpc", json=envelope("SendMessage", _with_skill("metadata", long_name)), headers=V1
+    )
+    error = rpc_error(response)
+    assert (
+        error["message"].startswith("unknown skill 'sssss")
+        and "(5000 characters)" in error["message"]
+    )
+    assert len(response.content) < 1_000, response.text
+    keys = {f"key-{i}-" + "k" * 500: 1 for i in range(12)}
+    message = message_1_0({"data": {"texts": [GOOD], **keys}})
+    response = await http.post(
+        "/a2a/jsonrpc", json=envelope("SendMessage", {"message": message}), headers=V1
+    )
+    error = rpc_error(response)
+    assert "unknown keys ['key-0-kkk" in error["message"] and "and 2 more" in error["message"]
+    assert len(response.content) < 1_500
+    message = message_1_0({"data": {"texts": [GOOD], "model": "m" * 5_000}})
+    response = await http.post(
+        "/a2a/jsonrpc", json=envelope("SendMessage", {"message": message}), headers=V1
+    )
+    error = rpc_error(response)
+    assert "no model named 'mmm" in error["message"] and len(response.content) < 1_000

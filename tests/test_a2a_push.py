@@ -704,15 +704,18 @@ async def test_a_webhook_that_keeps_failing_is_given_up_after_the_retries(
     failed = await metric(http, "a2a_push_notifications_total", outcome="failed")
     hook.script("/down", always=(500, {}, 0.0))
     await send(http, push=config_1_0(hook.url("/down?secret=q-88e1")))
-    hits = await hook.wait("/down", 12)
+    hits = await hook.wait("/down", 6)
     await asyncio.sleep(0.3)
-    assert len(hook.at("/down")) == 12  # A2A_PUSH_RETRIES=2: three attempts per update
-    assert [stream_kind(hit) for hit in hits[::3]] == ["task", "statusUpdate", "artifactUpdate",
-                                                       "statusUpdate"]  # fmt: skip
+    # A2A_PUSH_RETRIES=2: three attempts for the first update; once given up, the webhook
+    # gets one call per update (no retries) until it answers again.
+    assert len(hook.at("/down")) == 6
+    assert [stream_kind(hit) for hit in hits] == ["task"] * 3 + ["statusUpdate",
+                                                "artifactUpdate", "statusUpdate"]  # fmt: skip
     assert await metric(http, "a2a_push_notifications_total", outcome="failed") == failed + 4
     logged = server.wait_for_log(lambda e: e.get("message") == "push notification not delivered"
                                  and e.get("detail") == "500")  # fmt: skip
-    assert logged and logged[-1]["host"] == "127.0.0.1" and logged[-1]["attempts"] == 3
+    assert [e["attempts"] for e in logged[-4:]] == [3, 1, 1, 1]
+    assert logged[-1]["host"] == "127.0.0.1"
     assert "q-88e1" not in "\n".join(server.lines)  # the URL's query is not logged
 
 
@@ -763,6 +766,11 @@ def refused_urls(port: int) -> list[tuple[str, str]]:
         (f"http://169.254.169.254:{PATTERN_PORT}/hook", not_public),
         (f"http://[fe80::1]:{PATTERN_PORT}/hook", not_public),
         (f"http://[::ffff:127.0.0.1]:{PATTERN_PORT}/hook", not_public),
+        # IPv6 addresses that carry a private IPv4 one: 6to4 (169.254.169.254, 127.0.0.1),
+        # NAT64 (127.0.0.1).
+        (f"http://[2002:a9fe:a9fe::1]:{PATTERN_PORT}/hook", not_public),
+        (f"http://[2002:7f00:1::1]:{PATTERN_PORT}/hook", not_public),
+        (f"http://[64:ff9b::7f00:1]:{PATTERN_PORT}/hook", not_public),
         (f"http://0.0.0.0:{PATTERN_PORT}/hook", not_public),
         (f"http://100.64.0.1:{PATTERN_PORT}/hook", not_public),
         (f"http://224.0.0.1:{PATTERN_PORT}/hook", not_public),
@@ -1150,13 +1158,13 @@ def _update(task_id: str, state: TaskState = TaskState.TASK_STATE_COMPLETED) -> 
 
 
 async def _sender_with(
-    webhook: Webhook, url: str, *, call_timeout: float = 0.5, retries: int = 1
+    webhook: Webhook, url: str, *, call_timeout: float = 0.5, retries: int = 1, **options: Any
 ) -> tuple[PushSender, str]:
     store = InMemoryPushNotificationConfigStore()
     policy = PushPolicy([f"127.0.0.1:{webhook.port}"], timeout=call_timeout)
     task_id = uuid.uuid4().hex
     await store.set_info(task_id, TaskPushNotificationConfig(url=url), ServerCallContext())
-    return PushSender(store, policy, retries=retries, backoff=0.01), task_id
+    return PushSender(store, policy, retries=retries, backoff=0.01, **options), task_id
 
 
 async def test_a_call_is_cut_off_after_the_timeout_and_tried_again(hook: Webhook) -> None:
@@ -1180,6 +1188,43 @@ async def test_retry_after_is_honoured_within_bounds(hook: Webhook) -> None:
     hits = await hook.wait("/busy", 2, within=5)
     assert len(hits) == 2 and time.monotonic() - started >= 0.9
     await sender.aclose(grace=2)
+
+
+async def test_a_webhook_that_was_given_up_gets_one_call_per_update_until_it_answers(
+    hook: Webhook,
+) -> None:
+    hook.script("/down", always=(503, {}, 0.0))
+    sender, task_id = await _sender_with(hook, hook.url("/down"), retries=2)
+
+    async def calls_for_one_update() -> int:
+        before = len(hook.at("/down"))
+        sender.notify(task_id, _update(task_id))
+        for _ in range(250):  # until the update was given up or sent
+            await asyncio.sleep(0.02)
+            if not sender.pending and task_id not in sender._workers:
+                break
+        return len(hook.at("/down")) - before
+
+    assert await calls_for_one_update() == 3  # the first call and two retries
+    assert await calls_for_one_update() == 1  # failing: no retries
+    assert await calls_for_one_update() == 1
+    hook.script("/down", always=(200, {}, 0.0))
+    assert await calls_for_one_update() == 1  # sent: the webhook is back
+    hook.script("/down", always=(503, {}, 0.0))
+    assert await calls_for_one_update() == 3  # so a failure is retried again
+    await sender.aclose(grace=1)
+
+
+async def test_one_task_cannot_queue_more_than_its_share_of_updates(hook: Webhook) -> None:
+    hook.script("/slow", always=(200, {}, 0.5))
+    sender, task_id = await _sender_with(hook, hook.url("/slow"), max_pending_per_task=3)
+    _, other = await _sender_with(hook, hook.url("/slow"))
+    for _ in range(6):
+        sender.notify(task_id, _update(task_id))
+    assert sender.pending == 3  # the rest were dropped
+    sender.notify(other, _update(other))  # another task still gets its update queued
+    assert sender.pending == 4
+    await sender.aclose(grace=0.1)
 
 
 async def test_updates_of_a_task_arrive_in_order_and_shutdown_drops_the_rest(

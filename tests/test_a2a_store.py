@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from a2a.auth.user import User
 from a2a.server.context import ServerCallContext
 from a2a.server.tasks import DatabaseTaskStore, InMemoryTaskStore
 from a2a.types import ListTasksRequest, Message, Part, Task, TaskState, TaskStatus
@@ -146,18 +147,20 @@ async def test_memory_store_forgets_the_oldest_finished_tasks_first() -> None:
     assert (await store.list(ListTasksRequest(page_size=100), context)).total_size <= 10
 
 
+def _big_task(task_id: str, state: int) -> Task:
+    """A task of about 100 KB (its history holds one long text)."""
+    return Task(
+        id=task_id,
+        context_id="c",
+        status=TaskStatus(state=state),
+        history=[Message(message_id=task_id, parts=[Part(text="x" * 100_000)])],
+    )
+
+
 async def test_memory_store_is_bounded_by_bytes_too() -> None:
     store = BoundedInMemoryTaskStore(max_tasks=100_000, max_bytes=1024 * 1024)
     context = ServerCallContext()
-    big = "x" * 100_000  # about 100 KB per task
-
-    def task(task_id: str, state: int) -> Task:
-        return Task(
-            id=task_id,
-            context_id="c",
-            status=TaskStatus(state=state),
-            history=[Message(message_id=task_id, parts=[Part(text=big)])],
-        )
+    task = _big_task
 
     await store.save(task("running", TaskState.TASK_STATE_WORKING), context)
     for i in range(30):
@@ -196,3 +199,71 @@ async def test_waiting_conversations_end_after_the_idle_timeout(kind: str, tmp_p
         assert done is not None and done.status.state == TaskState.TASK_STATE_COMPLETED
     finally:
         await storage.close()
+
+
+class _Caller(User):
+    """A caller by name (the store files tasks under it)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def user_name(self) -> str:
+        return self._name
+
+
+def _as(name: str) -> ServerCallContext:
+    return ServerCallContext(user=_Caller(name))
+
+
+async def test_unfinished_tasks_have_a_quota_per_caller_and_for_all() -> None:
+    store = BoundedInMemoryTaskStore(max_tasks=8)  # a caller: 2 unfinished; everyone: 4
+    waiting, done = TaskState.TASK_STATE_INPUT_REQUIRED, TaskState.TASK_STATE_COMPLETED
+
+    def task(task_id: str, state: int) -> Task:
+        return Task(id=task_id, context_id="c", status=TaskStatus(state=state))
+
+    assert store.refusal(_as("ann")) is None
+    for i in range(2):
+        await store.save(task(f"ann-{i}", waiting), _as("ann"))
+    refused = store.refusal(_as("ann"))
+    assert refused is not None and refused.problem == "task-store-full"
+    assert "for one caller (2 tasks)" in refused.message
+    assert store.refusal(_as("bob")) is None  # another caller is not crowded out
+    # A task that finishes makes room again; its finished copy does not count.
+    await store.save(task("ann-0", done), _as("ann"))
+    assert store.refusal(_as("ann")) is None
+    await store.save(task("ann-2", waiting), _as("ann"))
+    for name in ("bob", "cat"):
+        await store.save(task(f"{name}-0", waiting), _as(name))
+    # 4 unfinished in all: nobody starts another, not even a caller with none.
+    everyone = store.refusal(_as("dan"))
+    assert everyone is not None and "for all callers together (4 tasks)" in everyone.message
+    await store.delete("bob-0", _as("bob"))
+    assert store.refusal(_as("dan")) is None
+    # The finished task is still there: nothing had to be forgotten.
+    assert await store.get("ann-0", _as("ann")) is not None
+
+
+async def test_unfinished_bytes_have_a_quota_and_finished_tasks_keep_their_room() -> None:
+    store = BoundedInMemoryTaskStore(max_tasks=1000, max_bytes=1024 * 1024)
+    task = _big_task
+    started = 0
+    while store.refusal(_as("ann")) is None:
+        await store.save(task(f"ann-{started}", TaskState.TASK_STATE_WORKING), _as("ann"))
+        started += 1
+    assert started == 3  # a quarter of 1 MiB holds three 100 KB tasks, not a fourth
+    refused = store.refusal(_as("ann"))
+    assert refused is not None and "for one caller (262144 bytes)" in refused.message
+    # Another caller's finished tasks come and go within the rest, the running ones stay.
+    for i in range(20):
+        await store.save(task(f"bob-{i}", TaskState.TASK_STATE_COMPLETED), _as("bob"))
+    assert store.bytes <= 1024 * 1024
+    for i in range(3):
+        assert await store.get(f"ann-{i}", _as("ann")) is not None
+    assert await store.get("bob-19", _as("bob")) is not None
+    assert await store.get("bob-18", _as("bob")) is not None

@@ -314,6 +314,11 @@ async def test_unknown_model_is_404(client: httpx.AsyncClient, double: OllamaDou
     assert body["model"] == "gpt-9"
     assert body["available"] == ["sentiment-cnn-int4", "sentiment-cnn-int8"]
     assert double.chat_requests == []
+    # A long name is not echoed whole.
+    response = await client.post("/v1/classify", json={"text": "fine", "model": "g" * 10_000})
+    body = problem(response, 404, "/model-not-found")
+    assert body["model"] == "g" * 100 + "... (10000 characters)"
+    assert len(response.content) < 1_000
 
 
 async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None:

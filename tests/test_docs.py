@@ -235,7 +235,7 @@ def test_errors_lists_every_problem_type_with_its_status() -> None:
     }
     for spec in ERRORS.values():
         assert spec.uri in rows, f"docs/errors.md has no row for {spec.uri}"
-        expected = str(spec.status) if spec.slug != "task-interrupted" else "(A2A only)"
+        expected = "(A2A only)" if spec.a2a_only else str(spec.status)
         assert rows[spec.uri] == expected, f"{spec.uri}: {rows[spec.uri]} in docs/errors.md"
 
 

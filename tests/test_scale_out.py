@@ -438,3 +438,43 @@ async def test_the_sweep_ends_interrupted_tasks_and_deletes_expired_ones(tmp_pat
         }
     finally:
         await storage.close()
+
+
+async def test_the_sweep_reads_only_the_states_it_ends_a_page_at_a_time(tmp_path: Path) -> None:
+    from a2a.server.context import ServerCallContext
+    from a2a.types import TaskState
+
+    from service.a2a.store import create_task_storage
+
+    url = os.environ.get("TEST_DATABASE_URL") or f"sqlite+aiosqlite:///{tmp_path}/pages.db"
+    storage = create_task_storage(url, retention=3600, stale_after=60, idle_after=3600)
+    storage.sweep_page = 2
+    await storage.start()
+    context = ServerCallContext()
+    run = uuid.uuid4().hex[:8]  # a shared database may hold other runs' tasks
+    S = TaskState
+    # The oldest rows are finished tasks inside the retention: a pass that read the oldest
+    # rows whatever their state would see only these and never reach the ones to end.
+    groups = {
+        "kept": (S.TASK_STATE_COMPLETED, 600, 6),
+        "stale": (S.TASK_STATE_WORKING, 120, 3),
+        "expired": (S.TASK_STATE_COMPLETED, 7200, 5),
+        "idle": (S.TASK_STATE_INPUT_REQUIRED, 7200, 3),
+    }
+    try:
+        for name, (state, age, count) in groups.items():
+            for i in range(count):
+                await storage.store.save(task_aged(f"{run}-{name}-{i}", state, age + i), context)
+        await storage.sweep()
+        ended = {}
+        for name, (_, _, count) in groups.items():
+            for i in range(count):
+                found = await storage.store.get(f"{run}-{name}-{i}", context)
+                ended[f"{name}-{i}"] = None if found is None else S.Name(found.status.state)
+        expected = {f"kept-{i}": "TASK_STATE_COMPLETED" for i in range(6)}
+        expected |= {f"stale-{i}": "TASK_STATE_FAILED" for i in range(3)}
+        expected |= {f"expired-{i}": None for i in range(5)}
+        expected |= {f"idle-{i}": "TASK_STATE_CANCELED" for i in range(3)}
+        assert ended == expected
+    finally:
+        await storage.close()

@@ -46,7 +46,13 @@ from service.a2a.sdk_compat import TERMINAL_TASK_STATES
 from service.a2a.skills import CHAT, parse_job
 from service.chat.types import ChatDelta, ChatEnd, ChatEvent, ChatMessage
 from service.config import Settings
-from service.core.errors import ContentBlocked, InternalError, RequestTimeout, ServiceError
+from service.core.errors import (
+    ContentBlocked,
+    InternalError,
+    RequestTimeout,
+    ServiceError,
+    shown,
+)
 from service.core.limits import LimitExceeded
 from service.core.pipeline import GuardedPipeline
 
@@ -301,8 +307,8 @@ def chat_turn(
         if named is not None and named != CHAT:
             raise InvalidParamsError(
                 message=f"task {continuing.id} is a conversation (skill 'chat'); a follow-up "
-                f"continues it and cannot name the skill {named!r}",
-                data={"skill": str(named), "task_skill": CHAT},
+                f"continues it and cannot name the skill {shown(named)!r}",
+                data={"skill": shown(named), "task_skill": CHAT},
             )
     for key in NOT_FOR_CHAT:
         if key in data:
@@ -321,13 +327,12 @@ def chat_turn(
         pipeline.check_chat((*history, ChatMessage("user", text)), None)
     except LimitExceeded as exc:
         raise _limit_error(exc, len(history)) from None
-    return ChatTurn(CHAT, text, history, timeout=settings.request_timeout + settings.chat_timeout)
+    return ChatTurn(CHAT, text, history, timeout=settings.chat_turn_timeout())
 
 
 def turn_timeout(settings: Settings) -> float:
-    """The longest a chat turn runs (0 when chat is off): its input screen within
-    REQUEST_TIMEOUT, then generation within CHAT_TIMEOUT."""
-    return settings.request_timeout + settings.chat_timeout if settings.chat_model else 0.0
+    """The longest a chat turn runs (0 when chat is off)."""
+    return settings.chat_turn_timeout()
 
 
 def _named_skill(

@@ -30,6 +30,7 @@ from a2a.utils.errors import InvalidParamsError
 from service.a2a.chat_skill import ChatTurn
 from service.a2a.parts import data_part, failure_parts, now, text_part
 from service.a2a.sdk_compat import job_of
+from service.a2a.skills import RefusedJob
 from service.core.errors import InternalError, ServiceError
 from service.core.pipeline import GuardedPipeline
 
@@ -60,6 +61,9 @@ class GuardedAgentExecutor(AgentExecutor):
                 )
             )
         updater = TaskUpdater(event_queue, task_id, context_id)
+        if isinstance(job, RefusedJob):
+            await updater.failed(updater.new_agent_message(failure_parts(job.error)))
+            return
         if isinstance(job, ChatTurn):
             canceled = self._canceled
             await job.play(

@@ -46,8 +46,13 @@ from service.a2a.sdk_compat import (
     create_rest_v03_routes,
     rest_routes,
 )
-from service.a2a.skills import job_parser
-from service.a2a.store import TaskStorage, create_task_storage, interrupt
+from service.a2a.skills import RefusedJob, job_parser
+from service.a2a.store import (
+    BoundedInMemoryTaskStore,
+    TaskStorage,
+    create_task_storage,
+    interrupt,
+)
 from service.config import Settings
 from service.core.pipeline import GuardedPipeline
 
@@ -92,6 +97,7 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
             job_parser(pipeline, settings),
             task_store=storage.store,
             follow_up=follow_up_parser(pipeline, settings),
+            admit=_admission(storage),
         ),
         # A conversation waiting for input lives in the store, not in this process.
         interrupted_task_timeout=IDLE_RELEASE,
@@ -198,3 +204,18 @@ def _wrap_lifespan(
                 await storage.close()
 
     app.router.lifespan_context = lifespan
+
+
+def _admission(storage: TaskStorage) -> Callable[[ServerCallContext, Any], Any]:
+    """A new task's job, or a refusal while the in-memory store has no room for it."""
+
+    def admit(context: ServerCallContext, job: Any) -> Any:
+        store = storage.store
+        if isinstance(store, BoundedInMemoryTaskStore):
+            error = store.refusal(context)
+            if error is not None:
+                logger.warning("task refused: the task store is full", extra={"why": error.message})
+                return RefusedJob(job.skill, error)
+        return job
+
+    return admit

@@ -19,7 +19,10 @@ service makes on a caller's behalf, so only hosts the operator lists are ever ca
   by ``A2A_PUSH_TIMEOUT``, never follows a redirect, and is retried ``A2A_PUSH_RETRIES``
   times with exponential backoff after a timeout, a connection failure, 408, 425, 429 or a
   5xx. Before each call the host is resolved again and checked (:class:`PushPolicy`), and the
-  connection goes to the address that was checked (guarding against DNS rebinding).
+  connection goes to the address that was checked (guarding against DNS rebinding). A
+  config whose last update was given up gets one call per update, no retries, until a call
+  succeeds again; at most :data:`MAX_PENDING_PER_TASK` updates of a task wait (and
+  :data:`MAX_PENDING` of all tasks), more are dropped.
 - **Hosts**: an entry naming a host exactly (``hooks.internal:8443``, ``127.0.0.1:9000``)
   allows it whatever it resolves to; a host matched only by ``*.domain`` or ``*`` must resolve
   to public addresses only (no loopback, link-local, private, shared, multicast, unspecified
@@ -89,6 +92,8 @@ MAX_SECRET_CHARS = 4096
 MAX_ID_CHARS = 256
 MAX_BACKOFF = 30.0
 MAX_PENDING = 10_000  # task updates waiting to be sent, all tasks together
+# ... and of one task: a task whose webhook is slow cannot take the whole pool.
+MAX_PENDING_PER_TASK = 256
 RETRY_STATUSES = frozenset({408, 425, 429})
 USER_AGENT = "guarded-inference-service (A2A push notifications)"
 
@@ -139,12 +144,21 @@ class Destination:
     sni: str | None  # https: the name the server's certificate must carry
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix: IPv4 in the last 32 bits
+
+
 def _blocked(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether an address is not a public unicast destination (an IPv4-mapped IPv6 address
-    is judged as the IPv4 address in it; 100.64.0.0/10 is not global either)."""
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
+    """Whether an address is not a public unicast destination. An IPv6 address that carries
+    an IPv4 address (IPv4-mapped, 6to4, Teredo, NAT64) is judged by that one too: the packets
+    may end up there (2002:7f00:1:: is 127.0.0.1 by 6to4); 100.64.0.0/10 is not global."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return _blocked(address.ipv4_mapped)
+        carried = [address.sixtofour, *(address.teredo or ())]
+        if address in _NAT64:
+            carried.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        if any(inner is not None and _blocked(inner) for inner in carried):
+            return True
     return (
         not address.is_global
         or address.is_private
@@ -457,6 +471,7 @@ class PushSender(BasePushNotificationSender):
         backoff: float,
         client: httpx.AsyncClient | None = None,
         max_pending: int = MAX_PENDING,
+        max_pending_per_task: int = MAX_PENDING_PER_TASK,
     ) -> None:
         super().__init__(
             client
@@ -475,6 +490,10 @@ class PushSender(BasePushNotificationSender):
         self._retries = retries
         self._backoff = backoff
         self._max_pending = max_pending
+        self._max_pending_per_task = max_pending_per_task
+        # (task id, config id) of the configs whose last update was given up, oldest first
+        # (a dict as an ordered set, at most MAX_PENDING entries).
+        self._failing: dict[tuple[str, str], None] = {}
         self._queues: dict[str, deque[PushNotificationEvent]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._pending = 0
@@ -486,16 +505,25 @@ class PushSender(BasePushNotificationSender):
 
     def notify(self, task_id: str, event: PushNotificationEvent) -> None:
         """Queue ``event`` for every push config of ``task_id``; it is sent in the background."""
-        if self._closed or self._pending >= self._max_pending:
+        queue = self._queues.get(task_id)
+        why = (
+            "stopping"
+            if self._closed
+            else "queue full"
+            if self._pending >= self._max_pending
+            else "task's queue full"
+            if queue is not None and len(queue) >= self._max_pending_per_task
+            else None
+        )
+        if why is not None:
             PUSH_NOTIFICATIONS.labels("dropped").inc()
-            logger.warning(
-                "push notification dropped",
-                extra={"task_id": task_id, "why": "stopping" if self._closed else "queue full"},
-            )
+            logger.warning("push notification dropped", extra={"task_id": task_id, "why": why})
             return
         copy = type(event)()
         copy.CopyFrom(event)
-        self._queues.setdefault(task_id, deque()).append(copy)
+        if queue is None:
+            queue = self._queues[task_id] = deque()
+        queue.append(copy)
         self._pending += 1
         if task_id not in self._workers:
             worker = asyncio.create_task(self._drain(task_id), name=f"a2a-push:{task_id}")
@@ -539,9 +567,13 @@ class PushSender(BasePushNotificationSender):
 
     async def _deliver(self, task_id: str, body: bytes, config: TaskPushNotificationConfig) -> None:
         attempts, detail, outcome = 0, "", "failed"
+        key = (task_id, config.id)
+        # A webhook that just failed every attempt is not retried until it answers again:
+        # each update would otherwise hold the task's queue for all the retries.
+        retries = 0 if key in self._failing else self._retries
         try:
             pause = 0.0
-            for attempt in range(self._retries + 1):
+            for attempt in range(retries + 1):
                 if attempt:
                     PUSH_RETRIES.inc()
                     await asyncio.sleep(pause)
@@ -560,6 +592,11 @@ class PushSender(BasePushNotificationSender):
             outcome, detail = "failed", type(exc).__name__
             logger.exception("push notification failed", extra={"task_id": task_id})
         PUSH_NOTIFICATIONS.labels(outcome).inc()
+        self._failing.pop(key, None)
+        if outcome == "failed":
+            self._failing[key] = None
+            if len(self._failing) > self._max_pending:
+                del self._failing[next(iter(self._failing))]
         extra = {
             "task_id": task_id,
             "push_config_id": config.id,

@@ -122,7 +122,14 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,7 +185,7 @@ from a2a.utils.version_validator import validate_version
 from google.protobuf.json_format import MessageToDict
 from packaging.version import InvalidVersion, Version
 from pydantic import ValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 from sse_starlette.event import ServerSentEvent
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -210,6 +217,8 @@ __all__ = [
 
 JobParser = Callable[[SendMessageRequest], Any]
 FollowUpParser = Callable[[SendMessageRequest, Task], Any]
+# The job a message starting a new task runs: the parsed one, or one that refuses it.
+Admission = Callable[[ServerCallContext, Any], Any]
 
 
 class _JobRequestContext(RequestContext):
@@ -221,7 +230,8 @@ class _JobRequestContext(RequestContext):
 class JobContextBuilder(SimpleRequestContextBuilder):
     """Validates the message with ``parse`` (which raises the protocol's error for a bad
     one) before the handler creates a task for it, and keeps the result on the context. A
-    message naming a task goes to ``follow_up`` with that task, read from ``task_store``."""
+    message naming a task goes to ``follow_up`` with that task, read from ``task_store``; a
+    message starting a task gets the job ``admit`` makes of its parsed one."""
 
     def __init__(
         self,
@@ -229,11 +239,13 @@ class JobContextBuilder(SimpleRequestContextBuilder):
         *,
         task_store: TaskStore | None = None,
         follow_up: FollowUpParser | None = None,
+        admit: Admission | None = None,
     ) -> None:
         super().__init__()
         self._parse = parse
         self._task_store = task_store
         self._follow_up = follow_up
+        self._admit = admit
 
     async def build(
         self,
@@ -252,6 +264,8 @@ class JobContextBuilder(SimpleRequestContextBuilder):
             job = self._follow_up(params, stored)
         else:
             job = self._parse(params)
+            if self._admit is not None:
+                job = self._admit(context, job)
         request_context = _JobRequestContext(
             call_context=context,
             request=params,
@@ -430,23 +444,45 @@ class StoredRow:
 
 
 async def rows_updated_before(
-    store: DatabaseTaskStore, cutoff: dt.datetime, limit: int = 1000
-) -> list[StoredRow]:
-    """Up to ``limit`` tasks of every owner last updated before ``cutoff`` (naive UTC)."""
+    store: DatabaseTaskStore,
+    cutoff: dt.datetime,
+    states: Collection[int],
+    page: int = 1000,
+) -> AsyncIterator[list[StoredRow]]:
+    """The tasks of every owner in one of ``states``, last updated before ``cutoff`` (naive
+    UTC), oldest first, ``page`` rows at a time. Paged by (last_updated, id), so rows the
+    caller changes or deletes between pages neither repeat nor hide the ones after them."""
     model = store.task_model
+    names = [TaskState.Name(state) for state in states]
     await store.initialize()
-    async with store.async_session_maker() as session:
+    after: tuple[dt.datetime, str] | None = None
+    while True:
         stmt = (
             select(model.id, model.owner, model.status, model.last_updated)
-            .where(model.last_updated < cutoff)
-            .order_by(model.last_updated)
-            .limit(limit)
+            .where(model.last_updated < cutoff, model.status["state"].as_string().in_(names))
+            .order_by(model.last_updated, model.id)
+            .limit(page)
         )
-        rows = (await session.execute(stmt)).all()
-    return [
-        StoredRow(task_id, owner or "", _state(status), last_updated)
-        for task_id, owner, status, last_updated in rows
-    ]
+        if after is not None:
+            stamp, task_id = after
+            stmt = stmt.where(
+                or_(
+                    model.last_updated > stamp,
+                    and_(model.last_updated == stamp, model.id > task_id),
+                )
+            )
+        async with store.async_session_maker() as session:
+            rows = (await session.execute(stmt)).all()
+        if not rows:
+            return
+        yield [
+            StoredRow(task_id, owner or "", _state(status), last_updated)
+            for task_id, owner, status, last_updated in rows
+        ]
+        if len(rows) < page:
+            return
+        last = rows[-1]
+        after = (last.last_updated, last.id)  # never NULL: the filter compares it
 
 
 def _state(status: Any) -> int:

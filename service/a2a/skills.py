@@ -11,6 +11,8 @@ A data part holding none of those keys is context for someone else (a client's o
 metadata, say): it is not read, so a message may carry one beside its texts. A data part
 that holds some of them and other keys too is refused naming the unknown ones (a typo such as
 ``"modle"`` must not pass unnoticed), and so is a message whose every part goes unread.
+What the agent does not read (such data parts, metadata, a part's media type) is still kept
+in the task's history, so a message may carry at most :data:`UNREAD_BYTES` of it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from a2a.utils.errors import ContentTypeNotSupportedError, InvalidParamsError
 from google.protobuf.json_format import MessageToDict
 
 from service.config import Settings
-from service.core.errors import ServiceError
+from service.core.errors import ServiceError, shown
 from service.core.limits import ItemPath, LimitExceeded
 from service.core.outcomes import ClassifyOutcome, ModerationOutcome
 from service.core.pipeline import GuardedPipeline
@@ -54,6 +56,10 @@ SKILL_IDS = (
 DEFAULT_SKILL = SENTIMENT_CNN
 
 DATA_KEYS = frozenset({"texts", "text", "model", "skill", "messages"})
+# Bytes a message may carry beyond the texts and data the agent reads: the task's history
+# keeps the whole message, so this bounds what a conversation's turns can pile up.
+UNREAD_BYTES = 8 * 1024
+PART_FRAMING = 32  # a read part's own encoding (field tags, lengths, media type) allowed too
 ROLES = ("user", "assistant")
 
 
@@ -234,6 +240,20 @@ class DriftJob:
         return await pipeline.drift_report(self.model, self.request)
 
 
+@dataclass(frozen=True)
+class RefusedJob:
+    """A valid message that may not start a task now: the task ends failed with ``error``."""
+
+    skill: str
+    error: ServiceError
+
+    def working_text(self) -> str:
+        return "refused"
+
+    async def run(self, pipeline: GuardedPipeline) -> Outcome:
+        raise self.error
+
+
 def _count(items: Sequence[object]) -> str:
     return f"{len(items)} text{'s' if len(items) != 1 else ''}"
 
@@ -273,11 +293,13 @@ def parse_job(
     texts: list[str] = []
     data: dict[str, Any] = {}
     unread: list[int] = []
+    read_bytes = 0
     for index, part in enumerate(message.parts):
         texts_from_part, data_from_part = _read_part(part, index)
         if data_from_part is None:
             unread.append(index)
             continue
+        read_bytes += _content_bytes(part) + PART_FRAMING
         texts.extend(texts_from_part)
         for key, value in data_from_part.items():
             if key in data:
@@ -288,6 +310,11 @@ def parse_job(
             f"no part of the message holds anything this agent reads: data parts {unread} "
             f"have none of the keys {sorted(DATA_KEYS)}; send the texts as text parts or "
             'as {"texts": [...]}'
+        )
+    if (extra := message.ByteSize() - read_bytes) > UNREAD_BYTES:
+        raise _invalid(
+            f"the message carries {extra} bytes beyond the texts and data this agent reads "
+            f"(data parts without its keys, metadata, ids); at most {UNREAD_BYTES}"
         )
     texts.extend(_data_texts(data))
     skill = _choose_skill(data, message, request_metadata)
@@ -359,13 +386,20 @@ def _read_part(part: Part, index: int) -> tuple[list[str], dict[str, Any] | None
             return [], None
         unknown = sorted(set(value) - DATA_KEYS)
         if unknown:
+            named = [shown(key, 40) for key in unknown[:10]]
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
             raise _invalid(
-                f"data part {index} has unknown keys {unknown}; known: {sorted(DATA_KEYS)}"
+                f"data part {index} has unknown keys {named}{more}; known: {sorted(DATA_KEYS)}"
             )
         return [], value
     raise ContentTypeNotSupportedError(
         message=f"part {index} is not text or JSON data; this agent reads no files"
     )
+
+
+def _content_bytes(part: Part) -> int:
+    """The encoded size of what the agent reads in a part (its text, or its data)."""
+    return len(part.text.encode("utf-8")) if part.HasField("text") else part.data.ByteSize()
 
 
 def _data_texts(data: Mapping[str, Any]) -> list[str]:
@@ -406,8 +440,8 @@ def _choose_skill(
         )
     if skill not in SKILLS:
         raise InvalidParamsError(
-            message=f"unknown skill {skill!r}; skills: {', '.join(SKILL_IDS)}",
-            data={"skill": str(skill), "skills": list(SKILL_IDS)},
+            message=f"unknown skill {shown(skill)!r}; skills: {', '.join(SKILL_IDS)}",
+            data={"skill": shown(skill), "skills": list(SKILL_IDS)},
         )
     return skill
 

@@ -42,7 +42,7 @@ from service.a2a.sdk_compat import (
     resolve_user_scope,
     rows_updated_before,
 )
-from service.core.errors import TaskInterrupted
+from service.core.errors import TaskInterrupted, TaskStoreFull
 
 logger = logging.getLogger("service.a2a.store")
 
@@ -71,7 +71,13 @@ class _Owner(User):
 class BoundedInMemoryTaskStore(InMemoryTaskStore):
     """The SDK's in-memory store with two ceilings, a task count and the tasks' serialised
     bytes: past either it forgets the oldest finished tasks (down to 90 % of the ceiling, so
-    the scan is rare). Running tasks are never forgotten."""
+    the scan is rare). Unfinished tasks (running, or a conversation waiting for input) are
+    never forgotten, so they have a quota instead: one owner's may take at most a quarter of
+    either ceiling, all owners' together half (:meth:`refusal`, asked before a task starts).
+    Finished tasks then always have room, and one caller cannot crowd out the others."""
+
+    OWNER_SHARE = 0.25
+    UNFINISHED_SHARE = 0.5
 
     def __init__(self, max_tasks: int, max_bytes: int = 256 * 1024 * 1024) -> None:
         super().__init__(owner_resolver=resolve_user_scope)
@@ -80,26 +86,65 @@ class BoundedInMemoryTaskStore(InMemoryTaskStore):
         # (owner, task id) -> (finished, serialised bytes), oldest first.
         self._kept: OrderedDict[tuple[str, str], tuple[bool, int]] = OrderedDict()
         self.bytes = 0
+        # Unfinished tasks: owner -> [count, bytes], and all owners' together.
+        self._unfinished: dict[str, list[int]] = {}
+        self._all_unfinished = [0, 0]
         # The push configs of the tasks, forgotten with them (push notifications on).
         self.push_configs: PushNotificationConfigStore | None = None
 
     async def save(self, task: Task, context: ServerCallContext) -> None:
         await super().save(task, context)
         key = (resolve_user_scope(context), task.id)
-        _, old_size = self._kept.get(key, (False, 0))
+        self._count_out(key)
         size = task.ByteSize()
+        finished = task.status.state in TERMINAL_TASK_STATES
         # An update keeps the task's place: it is forgotten in the order it was created.
-        self._kept[key] = (task.status.state in TERMINAL_TASK_STATES, size)
-        self.bytes += size - old_size
+        self._kept[key] = (finished, size)
+        self.bytes += size
+        if not finished:
+            self._add_unfinished(key[0], 1, size)
         if len(self._kept) > self.max_tasks or self.bytes > self.max_bytes:
             await self._forget_oldest()
 
     async def delete(self, task_id: str, context: ServerCallContext) -> None:
         await super().delete(task_id, context)
-        _, size = self._kept.pop((resolve_user_scope(context), task_id), (False, 0))
-        self.bytes -= size
+        key = (resolve_user_scope(context), task_id)
+        self._count_out(key)
+        self._kept.pop(key, None)
         if self.push_configs is not None and await self.push_configs.get_info(task_id, context):
             await self.push_configs.delete_info(task_id, context)
+
+    def refusal(self, context: ServerCallContext) -> TaskStoreFull | None:
+        """Why a new task of this caller may not start (None: it may)."""
+        owner = resolve_user_scope(context)
+        mine = self._unfinished.get(owner, [0, 0])
+        quotas: tuple[tuple[list[int], float, str], ...] = (
+            (mine, self.OWNER_SHARE, "for one caller"),
+            (self._all_unfinished, self.UNFINISHED_SHARE, "for all callers together"),
+        )
+        for (count, size), share, whose in quotas:
+            if count + 1 > self.max_tasks * share:
+                tasks = int(self.max_tasks * share)
+                return TaskStoreFull(whose, f"{tasks} task{'s' if tasks != 1 else ''}")
+            if size >= self.max_bytes * share:
+                return TaskStoreFull(whose, f"{int(self.max_bytes * share)} bytes")
+        return None
+
+    def _count_out(self, key: tuple[str, str]) -> None:
+        """Take a stored task's old entry out of the totals (before it is saved again)."""
+        finished, size = self._kept.get(key, (True, 0))
+        self.bytes -= size
+        if key in self._kept and not finished:
+            self._add_unfinished(key[0], -1, -size)
+
+    def _add_unfinished(self, owner: str, count: int, size: int) -> None:
+        mine = self._unfinished.setdefault(owner, [0, 0])
+        mine[0] += count
+        mine[1] += size
+        self._all_unfinished[0] += count
+        self._all_unfinished[1] += size
+        if not mine[0]:
+            del self._unfinished[owner]
 
     def unfinished(self) -> list[tuple[str, str]]:
         """(owner, task id) of every task not in a terminal state."""
@@ -151,6 +196,7 @@ class TaskStorage:
     # of a task the upkeep ended (interrupted, idle).
     push_configs: PushNotificationConfigStore | None = None
     on_end: Callable[[Task], None] | None = None
+    sweep_page: int = 1000  # rows read from a SQL store at a time
     _sweeper: asyncio.Task[None] | None = None
 
     def attach_push_configs(self, configs: PushNotificationConfigStore) -> None:
@@ -190,8 +236,8 @@ class TaskStorage:
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         interrupted = 0
         stale = now - dt.timedelta(seconds=self.stale_after)
-        for row in await rows_updated_before(store, stale):
-            if row.state in RUNNING_STATES:
+        async for rows in rows_updated_before(store, stale, RUNNING_STATES, self.sweep_page):
+            for row in rows:
                 context = ServerCallContext(user=_Owner(row.owner))
                 task = await store.get(row.id, context)
                 if task is not None and task.status.state in RUNNING_STATES:
@@ -201,14 +247,13 @@ class TaskStorage:
         expired = 0
         if self.retention:
             cutoff = now - dt.timedelta(seconds=self.retention)
-            finished = [
-                row.id
-                for row in await rows_updated_before(store, cutoff)
-                if row.state in TERMINAL_TASK_STATES
-            ]
-            expired = await delete_rows(store, finished)
-            if isinstance(self.push_configs, DatabasePushNotificationConfigStore):
-                await delete_push_configs(self.push_configs, finished)
+            async for rows in rows_updated_before(
+                store, cutoff, TERMINAL_TASK_STATES, self.sweep_page
+            ):
+                finished = [row.id for row in rows]
+                expired += await delete_rows(store, finished)
+                if isinstance(self.push_configs, DatabasePushNotificationConfigStore):
+                    await delete_push_configs(self.push_configs, finished)
         if interrupted or expired or idle:
             logger.info(
                 "task store swept",
@@ -222,9 +267,15 @@ class TaskStorage:
         store = self.store
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.idle_after)
         if isinstance(store, DatabaseTaskStore):
-            rows = await rows_updated_before(store, cutoff.replace(tzinfo=None))
             waiting = [
-                (r.owner, r.id) for r in rows if r.state == TaskState.TASK_STATE_INPUT_REQUIRED
+                (row.owner, row.id)
+                async for rows in rows_updated_before(
+                    store,
+                    cutoff.replace(tzinfo=None),
+                    (TaskState.TASK_STATE_INPUT_REQUIRED,),
+                    self.sweep_page,
+                )
+                for row in rows
             ]
         elif isinstance(store, BoundedInMemoryTaskStore):
             waiting = store.unfinished()

@@ -38,6 +38,7 @@ class ErrorSpec:
     # The text of the A2A task's status message; {message} is the error's message, other fields come
     # from the error's details().
     task_text: str = "{message}"
+    a2a_only: bool = False  # never a REST answer (``status`` is then only the HTTP kin)
 
     @property
     def uri(self) -> str:
@@ -135,6 +136,20 @@ ERRORS: dict[str, ErrorSpec] = {
             "kill); the task was ended failed when the service noticed. Send the message "
             "again. Never a REST answer.",
             a2a="failed",
+            a2a_only=True,
+        ),
+        ErrorSpec(
+            "task-store-full",
+            "Task store full",
+            503,
+            "The in-memory task store holds as many unfinished A2A tasks as it may (for this "
+            "caller, or for all callers together: running tasks and conversations waiting "
+            "for input are never forgotten to make room). The new task was ended failed at "
+            "once: finish or cancel waiting conversations, or retry after 'Retry-After' "
+            "seconds. Never a REST answer.",
+            a2a="failed",
+            task_text="{message}; retry after {retry_after} s",
+            a2a_only=True,
         ),
         ErrorSpec(
             "not-ready",
@@ -153,6 +168,16 @@ ERRORS: dict[str, ErrorSpec] = {
         ),
     )
 }
+
+
+SHOWN_CHARS = 100
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A caller's value as an error message repeats it: at most ``limit`` characters (an
+    error must not echo, nor the log keep, a megabyte of what it refuses)."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class ServiceError(Exception):
@@ -236,6 +261,23 @@ class TaskInterrupted(ServiceError):
             "interrupted: the process running this task stopped before it finished; "
             "send the message again"
         )
+
+
+class TaskStoreFull(ServiceError):
+    """No room for another unfinished A2A task (see the in-memory task store)."""
+
+    problem = "task-store-full"
+    retry_after = 5
+
+    def __init__(self, whose: str, limit: str) -> None:
+        super().__init__(
+            f"the task store holds as many unfinished tasks as it may {whose} ({limit})"
+        )
+        self.whose = whose
+        self.limit = limit
+
+    def details(self) -> dict[str, Any]:
+        return {"retry_after": self.retry_after}
 
 
 class ChatUnavailable(ServiceError):

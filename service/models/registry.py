@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from service.core.errors import ServiceError
+from service.core.errors import ServiceError, shown
 from service.models.adapters import ADAPTERS_FOLDER, AdapterArtifact, discover, read_adapter
 from service.models.artifacts import (
     CARD,
@@ -53,9 +53,9 @@ class UnknownModelError(ServiceError, KeyError):
     problem = "model-not-found"
 
     def __init__(self, name: str, available: Sequence[str]) -> None:
-        self.name = name
+        self.name = shown(name)
         self.available = sorted(available)
-        super().__init__(f"no model named {name!r}; available: {', '.join(self.available)}")
+        super().__init__(f"no model named {self.name!r}; available: {', '.join(self.available)}")
 
     def __str__(self) -> str:  # for the command line; KeyError's own would quote the name
         return f"unknown model {self.name!r}; available: {', '.join(self.available)}"
