@@ -99,6 +99,26 @@ async def test_a_safe_reply_streams_in_screened_chunks(
     assert generation.body["messages"][0] == {"role": "system", "content": "You are a baker."}
 
 
+async def test_sentence_chunks_end_at_a_sentence_once_they_hold_a_quarter_of_the_tokens(
+    make_pipeline: Callable[..., GuardedPipeline], ollama_double: OllamaDouble
+) -> None:
+    reply = "Yes. No. Sure thing. Fine. Maybe later, friend. " + " ".join(["on"] * 10) + "."
+    ollama_double.set_replies(None, default=reply)
+    pipeline = make_pipeline(chat_chunk="sentences", chat_chunk_tokens=8)  # at least 2 pieces
+    events = await _collect(pipeline, "Well?")
+    deltas = [e.text for e in events if isinstance(e, ChatDelta)]
+    # A one-word sentence does not make a chunk of its own; a long one is cut at 8 pieces.
+    assert [d.strip() for d in deltas] == [
+        "Yes. No.",
+        "Sure thing.",
+        "Fine. Maybe later, friend.",
+        " ".join(["on"] * 8),
+        "on on.",
+    ]
+    end = events[-1]
+    assert isinstance(end, ChatEnd) and end.guard_calls == len(deltas)
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 64])
 async def test_no_piece_is_released_before_the_screen_that_covers_it(
     make_pipeline: Callable[..., GuardedPipeline], ollama_double: OllamaDouble, chunk: int

@@ -517,6 +517,35 @@ async def test_no_byte_reaches_the_client_before_the_screen_that_covers_it(
     assert len(released.split()) == (forbidden_at // chunk) * chunk
 
 
+async def test_a_stream_ends_at_the_turn_deadline_even_when_each_screen_is_in_time(
+    double: OllamaDouble,
+) -> None:
+    # One guard slot and 0.3 s per reply screen: about 20 chunk screens in a row take longer
+    # than REQUEST_TIMEOUT + CHAT_TIMEOUT (2 s), though each is well within GUARD_TIMEOUT.
+    def judge(messages: list[dict[str, Any]]) -> str:
+        if messages[-1]["role"] == "assistant":
+            time.sleep(0.3)
+        return "safe"
+
+    double.set_rules(judge)
+    double.set_replies(None, default=LONG_REPLY)
+    settings = {**SERVER, "guard_concurrency": 1, "request_timeout": 1, "chat_timeout": 1,
+                "guard_timeout": 0.9, "guard_retries": 0}  # fmt: skip
+    with running_server(ollama_host=double.url, **settings) as server:
+        async with _openai(server) as client:
+            stream = await client.chat.completions.create(model=CHAT, messages=ASK, stream=True)
+            released = ""
+            started = time.monotonic()
+            with pytest.raises(openai.APIError) as caught:
+                async for chunk in stream:
+                    released += "".join(_content([chunk]))
+            took = time.monotonic() - started
+    assert caught.value.code == "request-timeout", caught.value
+    assert "2 s" in caught.value.message
+    assert 1.8 < took < 5, took
+    assert released and LONG_REPLY.startswith(released) and released != LONG_REPLY
+
+
 # --- chat switched off, tokens required -----------------------------------------------------
 
 

@@ -2,9 +2,10 @@
 
 The model's pieces (Ollama's stream items, about a token each) are gathered into chunks: a
 chunk ends after ``CHAT_CHUNK_TOKENS`` pieces, or, with ``CHAT_CHUNK=sentences``, at the
-first sentence end before that. At each chunk boundary the reply *so far* is screened as the
-assistant's turn of the conversation, while the model goes on generating the next chunk.
-Chunks are released in order, each only after the screen that covers it passed:
+first sentence end before that once it holds a quarter of them (a reply of many short
+sentences must not cost a screen per sentence). At each chunk boundary the reply *so far* is
+screened as the assistant's turn of the conversation, while the model goes on generating the
+next chunk. Chunks are released in order, each only after the screen that covers it passed:
 
 - a screen that blocks stops the reply there: generation is cancelled, nothing of that chunk
   (or any later one) is sent, and the reply ends with ``content_filter`` and the categories;
@@ -38,10 +39,19 @@ class ChunkPolicy:
     tokens: int  # pieces per chunk at most
     mode: Literal["tokens", "sentences"] = "tokens"
 
+    @property
+    def sentence_minimum(self) -> int:
+        """Pieces a chunk holds at least before a sentence end may end it."""
+        return max(1, self.tokens // 4)
+
     def ends_chunk(self, pieces: int, piece: str) -> bool:
         if pieces >= self.tokens:
             return True
-        return self.mode == "sentences" and piece.rstrip(" ").endswith(_SENTENCE_ENDS)
+        return (
+            self.mode == "sentences"
+            and pieces >= self.sentence_minimum
+            and piece.rstrip(" ").endswith(_SENTENCE_ENDS)
+        )
 
 
 @dataclass(frozen=True)

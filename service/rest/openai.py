@@ -13,6 +13,7 @@ clients raise as an ``APIError``. Problem documents of these paths also carry Op
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from service.chat.holdback import ScreenedReply
 from service.chat.types import ChatDelta, ChatEnd, ChatMessage, ChatRole
 from service.config import Settings
-from service.core.errors import InternalError, ServiceError
+from service.core.errors import InternalError, RequestTimeout, ServiceError
 from service.core.limits import ItemPath, LimitExceeded
 from service.core.pipeline import GuardedPipeline
 from service.guard.scanner import Message, ScanResult
@@ -454,11 +455,12 @@ def _log_end(end: ChatEnd, *, stream: bool) -> None:
 
 
 async def _chunks(
-    reply: ScreenedReply, head: dict[str, Any], include_usage: bool
+    reply: ScreenedReply, head: dict[str, Any], include_usage: bool, seconds: float
 ) -> AsyncIterator[bytes]:
     """The reply as chat.completion.chunk events: the role, one event per released piece,
     the end; then the usage (when asked) and [DONE]. A failure ends it with an error event
-    and no [DONE]."""
+    and no [DONE], and so does a reply not finished within ``seconds`` (generation and
+    screens are bounded one by one; this bounds them all together)."""
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
 
     def chunk(delta: dict[str, Any], **choice: Any) -> bytes:
@@ -468,8 +470,18 @@ async def _chunks(
     yield chunk({"role": "assistant", "content": ""})
     events = aiter(reply)
     end: ChatEnd | None = None
+    deadline = asyncio.get_running_loop().time() + seconds
     try:
-        async for event in events:
+        while True:
+            # Bounded await by await: a timeout must never span a yield (the caller's code
+            # runs there).
+            try:
+                async with asyncio.timeout_at(deadline):
+                    event = await anext(events)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise RequestTimeout(seconds) from None
             if isinstance(event, ChatDelta):
                 yield chunk({"content": event.text})
             else:
@@ -531,7 +543,7 @@ def create_openai_router(pipeline: GuardedPipeline, settings: Settings) -> APIRo
                 messages, max_tokens=body.token_limit(), temperature=body.temperature
             )
             return StreamingResponse(
-                _chunks(reply, head, body.include_usage()),
+                _chunks(reply, head, body.include_usage(), settings.chat_turn_timeout()),
                 media_type=SSE,
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
