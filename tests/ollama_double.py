@@ -216,7 +216,7 @@ class OllamaDouble:
             self._break_after.append(tokens)
 
     def set_latency(self, seconds: float, path: str = "/api/chat") -> None:
-        """Delay every answer on ``path`` by ``seconds``."""
+        """Answer every request on ``path`` no sooner than ``seconds`` after it arrived."""
         with self._lock:
             self._latency[path] = seconds
 
@@ -317,7 +317,9 @@ class OllamaDouble:
             latency = self._latency.get(path, 0.0)
         try:
             if latency:
-                time.sleep(latency)
+                # Counted from the request's arrival, as a guard's answer time is: reading
+                # and parsing the request here must not add to it.
+                time.sleep(max(0.0, latency - (time.perf_counter() - handler.arrived)))
             route = _ROUTES.get((handler.command, path))
             if fault is not None and fault.kind != "pull_error":
                 response = _fault_response(fault)
@@ -575,6 +577,12 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "OllamaDouble"
     timeout = 30  # an idle keep-alive connection's thread ends after this
     disable_nagle_algorithm = True  # headers and body are separate writes: avoid 40 ms stalls
+
+    arrived = 0.0  # perf_counter when the request line was read
+
+    def parse_request(self) -> bool:
+        self.arrived = time.perf_counter()
+        return super().parse_request()
 
     def do_GET(self) -> None:
         self.server.double._handle(self)  # type: ignore[attr-defined]
