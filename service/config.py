@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     guard_cache_ttl: float = Field(600.0, ge=0)
     guard_screen_input: bool = True
     guard_screen_output: bool = True
-    # Hazard codes that block; empty means all of S1..S14 (and any unknown code).
+    # Hazard codes that block; empty means all of S1..S14.
     guard_block_categories: Annotated[list[str], NoDecode] = Field(default_factory=list)
     guard_pull: bool = False
     guard_retry_after: int = Field(5, ge=1)

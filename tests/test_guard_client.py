@@ -103,7 +103,6 @@ S1_S10 = (Category("S1", "Violent Crimes"), Category("S10", "Hate"))
         ("safe", True, False, ()),
         ("unsafe\nS1,S10", False, True, S1_S10),
         ("  UNSAFE \n s1, s10 ", False, True, S1_S10),
-        ("unsafe\nS99", False, True, (Category("S99", "Unknown category"),)),
     ],
 )
 async def test_each_verdict_form(
@@ -153,11 +152,12 @@ async def test_non_blocking_categories_are_reported_not_blocked(
         (lambda d: d.set_rules(default=""), "unparseable", 1),
         (lambda d: d.set_rules(default="unsafe"), "unparseable", 1),
         (lambda d: d.set_rules(default="safe\nS1"), "unparseable", 1),
+        (lambda d: d.set_rules(default="unsafe\nS01"), "unparseable", 1),
     ],
     ids=[
         "http-500", "http-502", "http-503", "dropped-connection", "http-400", "model-missing",
         "malformed-json", "json-without-message", "prose-answer", "empty-answer",
-        "unsafe-without-code", "safe-with-junk",
+        "unsafe-without-code", "safe-with-junk", "code-outside-the-taxonomy",
     ],
 )  # fmt: skip
 async def test_failures_refuse_with_their_kind_and_bounded_retries(

@@ -40,10 +40,17 @@ def test_unsafe_answers_block_with_named_categories(answer: str, codes: list[str
     assert [category.name for category in verdict.categories] == [names[c] for c in codes]
 
 
-def test_unknown_code_blocks_and_is_reported_as_given() -> None:
-    verdict = parse_verdict("unsafe\nS99", model=MODEL)
-    assert verdict.blocked and not verdict.safe
-    assert verdict.categories == (Category("S99", "Unknown category"),)
+@pytest.mark.parametrize("code", ["S99", "S15", "S0", "S01", "S010", "S1x"])
+@pytest.mark.parametrize("block", [[], ["S1", "S9", "S11"]])
+def test_a_code_outside_the_taxonomy_fails_closed_whatever_the_block_list(
+    code: str, block: list[str]
+) -> None:
+    # With a block list, an unknown code would otherwise be "not listed" and let through.
+    with pytest.raises(GuardError, match="not a hazard code of S1..S14") as caught:
+        parse_verdict(f"unsafe\n{code}", model=MODEL, block_categories=block)
+    assert caught.value.kind == "unparseable"
+    with pytest.raises(GuardError):
+        parse_verdict(f"unsafe\nS10,{code}", model=MODEL, block_categories=block)
 
 
 @pytest.mark.parametrize(

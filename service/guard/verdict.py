@@ -5,18 +5,19 @@ hazard codes (``S1,S10``). The rules, strictest first:
 
 - Surrounding whitespace and letter case are ignored (``"  UNSAFE \\n s1, s10 "``).
 - ``safe`` must be the whole answer; ``safe`` followed by anything is unparseable.
-- ``unsafe`` must be alone on its line and be followed by one or more codes (``S`` and a
-  number), separated by commas or whitespace, on one or several lines. Codes are upper-cased,
-  kept in order, de-duplicated, and named from the taxonomy; a code outside S1..S14 is kept
-  as given (upper-cased) and named "Unknown category".
+- ``unsafe`` must be alone on its line and be followed by one or more codes of the taxonomy
+  (``S1`` to ``S14``), separated by commas or whitespace, on one or several lines. Codes are
+  upper-cased, kept in order, de-duplicated, and named from the taxonomy.
+- A code outside S1..S14 (``S99``, ``S01``, ``S0``) is ``unparseable``: the policy cannot
+  place it, and with a block list it would otherwise pass as "not listed".
 - ``unsafe`` with no code is a guard error (``unparseable``), so the request fails closed with
   a 503: it is neither a pass nor a block without a reason, because a model that cannot name
   the hazard is not answering in the format the policy relies on.
 - Anything else (an empty answer, prose, a stray token among the codes) is ``unparseable``.
 
-Policy: with an empty block list every unsafe verdict blocks, unknown codes included. With an
-explicit list only those codes block; an unsafe verdict whose codes all fall outside it is
-reported (``safe=False, blocked=False``) and let through.
+Policy: with an empty block list every unsafe verdict blocks. With an explicit list only those
+codes block; an unsafe verdict whose codes all fall outside it is reported (``safe=False,
+blocked=False``) and let through.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Iterable
 from service.guard.scanner import Category, Decision, GuardError, ScanResult, ScanStatus
 from service.guard.taxonomy import hazard_name
 
-_CODE = re.compile(r"^S\d+$")
+_CODE = re.compile(r"^S(?:[1-9]|1[0-4])$")  # the taxonomy's codes, exactly as written
 _SEPARATORS = re.compile(r"[,\s]+")
 
 
@@ -50,7 +51,10 @@ def parse_answer(text: str) -> tuple[bool, tuple[Category, ...]]:
     for token in tokens:
         code = token.upper()
         if not _CODE.match(code):
-            raise GuardError("unparseable", f"not a hazard code {token!r} in {_excerpt(text)}")
+            raise GuardError(
+                "unparseable",
+                f"not a hazard code of S1..S14: {_excerpt(token)} in {_excerpt(text)}",
+            )
         if code not in codes:
             codes.append(code)
     return False, tuple(Category(code, hazard_name(code)) for code in codes)
