@@ -314,6 +314,22 @@ async def test_limits_and_unsupported_requests_are_422(
     assert double.requests == []  # refused before the guard or the model was asked
 
 
+async def test_a_refused_part_is_not_echoed_back_at_length(server: ServerProcess) -> None:
+    huge = "A" * 300_000
+    bodies = {
+        "/v1/chat/completions": {
+            "model": CHAT, "messages": [{"role": "user", "content": [{"type": huge}]}]
+        },
+        "/v1/moderations": {"input": [{"type": huge}]},
+    }  # fmt: skip
+    async with h2_client(server) as http:
+        for path, body in bodies.items():
+            response = await http.post(path, json=body)
+            assert response.status_code == 422, response.text[:300]
+            assert len(response.content) < 3_000, (path, len(response.content))
+            assert "only text parts" in response.json()["error"]["message"]
+
+
 async def test_an_unknown_model_is_not_found(
     client: openai.AsyncOpenAI, double: OllamaDouble
 ) -> None:

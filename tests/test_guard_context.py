@@ -147,3 +147,62 @@ async def test_chat_refuses_a_conversation_the_guard_could_not_read_whole(
             )
     assert "GUARD_NUM_CTX" in str(refused.value)
     assert double.chat_requests == []
+
+
+def _openai(server: ServerProcess) -> openai.AsyncOpenAI:
+    http = httpx.AsyncClient(http2=True, http1=False, timeout=30)
+    return openai.AsyncOpenAI(
+        base_url=f"{server.base_url}/v1", api_key="unused", http_client=http, max_retries=0
+    )
+
+
+# One user message: 1024 - 48 for the verdict - 512 - 2 turns x 8 = 448 bytes for it and the
+# reply together; max_tokens 20 keeps 4 x 20 = 80 of them for the reply.
+ROOM = 448
+
+
+async def test_chat_keeps_room_in_the_context_for_the_reply(
+    server: ServerProcess, double: OllamaDouble
+) -> None:
+    double.set_replies(None, default="Fine.")
+    async with _openai(server) as chat:
+        ask = [{"role": "user", "content": "a" * (ROOM - 80)}]
+        answer = await chat.chat.completions.create(
+            model="llama3.2:1b", messages=ask, max_tokens=20
+        )
+        assert answer.choices[0].message.content == "Fine."
+        for messages, max_tokens in (
+            ([{"role": "user", "content": "a" * (ROOM - 79)}], 20),
+            ([{"role": "user", "content": "Hello?"}], None),  # CHAT_MAX_TOKENS: 2048 bytes
+        ):
+            with pytest.raises(openai.UnprocessableEntityError) as refused:
+                await chat.chat.completions.create(
+                    model="llama3.2:1b", messages=messages, max_tokens=max_tokens
+                )
+            assert "to spare for the reply" in str(refused.value), refused.value
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_reply_that_would_outgrow_the_context_is_cut_where_it_ends(
+    server: ServerProcess, double: OllamaDouble, stream: bool
+) -> None:
+    # 368 bytes asked leave 80 for the reply; each word of it is 10 bytes: 8 fit.
+    double.set_replies(None, default="wonderful " * 19 + "end.")
+    ask = [{"role": "user", "content": "a" * (ROOM - 80)}]
+    async with _openai(server) as chat:
+        if stream:
+            chunks = await chat.chat.completions.create(
+                model="llama3.2:1b", messages=ask, max_tokens=20, stream=True
+            )
+            events = [chunk async for chunk in chunks]
+            text = "".join(e.choices[0].delta.content or "" for e in events if e.choices)
+            finish = [e.choices[0].finish_reason for e in events if e.choices][-1]
+        else:
+            whole = await chat.chat.completions.create(
+                model="llama3.2:1b", messages=ask, max_tokens=20
+            )
+            text, finish = whole.choices[0].message.content or "", whole.choices[0].finish_reason
+    assert finish == "length"
+    assert text == "wonderful " * 8
+    screens = [r for r in double.chat_requests if r.body["messages"][-1]["role"] == "assistant"]
+    assert screens and all(len(r.body["messages"][-1]["content"].encode()) <= 80 for r in screens)

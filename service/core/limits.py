@@ -71,6 +71,14 @@ class Limits:
             return None
         return conversation_bytes_limit(self.guard_num_ctx, self.guard_num_predict, messages + 1)
 
+    def reply_bytes(self, contents: Sequence[str]) -> int | None:
+        """The most UTF-8 bytes a reply to a conversation of ``contents`` may have for the
+        screen of both to fit the guard's context (None: not checked)."""
+        limit = self.max_conversation_bytes(len(contents))
+        if limit is None:
+            return None
+        return limit - sum(len(text.encode("utf-8")) for text in contents)
+
     def check_texts(self, texts: Sequence[object], at: ItemPath = ("texts",)) -> None:
         """Raise LimitExceeded unless ``texts`` holds 1..max_batch non-blank texts of at
         most max_text_chars characters each. ``at`` is where the texts are in the input."""
@@ -84,9 +92,11 @@ class Limits:
         if violations:
             raise LimitExceeded(violations)
 
-    def check_conversation(self, messages: Sequence[Message], at: ItemPath = ("messages",)) -> None:
+    def check_conversation(
+        self, messages: Sequence[Message], at: ItemPath = ("messages",), reply_bytes: int = 0
+    ) -> None:
         """Raise LimitExceeded unless the conversation has 1..max_batch messages whose
-        contents are within the text limits."""
+        contents are within the text limits, with ``reply_bytes`` to spare for a reply."""
         violations = self._count(len(messages), at, "messages")
         if not violations:
             violations = [
@@ -97,11 +107,13 @@ class Limits:
             ]
         limit = self.max_conversation_bytes(len(messages))
         if not violations and limit is not None:
+            limit -= reply_bytes
             size = guard_bytes([message.content for message in messages], limit)
             if size > limit:
+                spare = f" with {reply_bytes} to spare for the reply" if reply_bytes else ""
                 reason = (
                     f"the messages hold {size} bytes of UTF-8 text; the guard reads at most "
-                    f"{limit} at once (GUARD_NUM_CTX)"
+                    f"{limit} at once{spare} (GUARD_NUM_CTX)"
                 )
                 violations = [Violation(at, reason, "too_long", limit)]
         if violations:

@@ -30,7 +30,7 @@ import anyio.to_thread
 from prometheus_client import Counter, Histogram
 
 from service.chat.holdback import ChunkPolicy, ScreenedReply
-from service.chat.model import ChatModel
+from service.chat.model import ChatModel, Generated
 from service.chat.types import ChatEnd, ChatMessage, ChatReply, FinishReason, Usage, guard_view
 from service.config import Settings
 from service.core.errors import (
@@ -49,6 +49,7 @@ from service.core.outcomes import (
     render_prediction,
 )
 from service.guard.admission import follow_up
+from service.guard.budget import CHAT_REPLY_BYTES_PER_TOKEN
 from service.guard.metrics import GUARD_CALLS
 from service.guard.scanner import GuardError, Message, Scanner, ScanResult, ScanStatus
 from service.models.batching import Batcher
@@ -247,8 +248,14 @@ class GuardedPipeline:
         return await self._chat.readiness()
 
     def check_chat(self, messages: Sequence[ChatMessage], max_tokens: int | None) -> int:
-        """Raise LimitExceeded for a conversation the chat refuses; the max_tokens to use."""
-        self.chat_limits.check_conversation(guard_view(tuple(messages)))
+        """Raise LimitExceeded for a conversation the chat refuses (one whose screen with a
+        reply of max_tokens would not fit the guard's context included); the max_tokens to
+        use."""
+        cap = self._settings.chat_max_tokens
+        tokens = cap if max_tokens is None or max_tokens < 1 else min(max_tokens, cap)
+        self.chat_limits.check_conversation(
+            guard_view(tuple(messages)), reply_bytes=CHAT_REPLY_BYTES_PER_TOKEN * tokens
+        )
         if messages[-1].role != "user":
             violation = Violation(
                 ("messages", len(messages) - 1, "role"),
@@ -256,10 +263,9 @@ class GuardedPipeline:
                 "value_error",
             )
             raise LimitExceeded([violation])
-        cap = self._settings.chat_max_tokens
         if max_tokens is not None and max_tokens < 1:
             raise LimitExceeded([Violation(("max_tokens",), "at least 1", "greater_than_equal")])
-        return cap if max_tokens is None else min(max_tokens, cap)
+        return tokens
 
     async def chat(
         self,
@@ -281,8 +287,14 @@ class GuardedPipeline:
         input_screen = await self._chat_input(conversation)
         generation = chat.generate(conversation, max_tokens=tokens, temperature=temperature)
         scan = self._scanner.scan if self._settings.guard_screen_output else None
+        view = guard_view(conversation)
         reply = ScreenedReply(
-            generation, guard_view(conversation), scan, self.chunk_policy, started=started
+            generation,
+            view,
+            scan,
+            self.chunk_policy,
+            started=started,
+            max_bytes=self.chat_limits.reply_bytes([message.content for message in view]),
         )
         return input_screen, reply
 
@@ -298,18 +310,31 @@ class GuardedPipeline:
         tokens = self.check_chat(conversation, max_tokens)
         chat = self._require_chat()
         input_screen = await self._chat_input(conversation)
+        view = guard_view(conversation)
+        room = self.chat_limits.reply_bytes([message.content for message in view])
         pieces: list[str] = []
+        size = 0
         generated = None
-        async for piece in chat.generate(conversation, max_tokens=tokens, temperature=temperature):
-            if isinstance(piece, str):
+        generation = chat.generate(conversation, max_tokens=tokens, temperature=temperature)
+        try:
+            async for piece in generation:
+                if not isinstance(piece, str):
+                    generated = piece
+                    break
+                size += len(piece.encode("utf-8"))
+                if room is not None and size > room:  # its screen would not fit the guard
+                    generated = Generated("length", 0, len(pieces))
+                    break
                 pieces.append(piece)
-            else:
-                generated = piece
+        finally:
+            aclose = getattr(generation, "aclose", None)  # a reply cut short stops generating
+            if aclose is not None:
+                await aclose()
         assert generated is not None  # generate() ends with one, or raises
         text = "".join(pieces)
         # Bounded like every screen of a request: a guard queue that does not move must not
         # hold the caller past REQUEST_TIMEOUT.
-        output = await self._bounded(self._screen_output_turns(guard_view(conversation), text))
+        output = await self._bounded(self._screen_output_turns(view, text))
         _raise_for_errors([output])
         reason: FinishReason = "length" if generated.done_reason == "length" else "stop"
         usage = Usage(generated.prompt_tokens, generated.completion_tokens, 0)

@@ -22,6 +22,9 @@ from service.guard.template import neutralise
 PROMPT_TOKENS = 512  # the guard's prompt around the conversation, with room to spare
 TURN_TOKENS = 8  # per message: its role label and separators
 REPLY_RESERVE_BYTES = 64  # a classification's rendered reply ("positive (0.97)") and more
+# A chat reply's room, per token it may have: about what English text takes. A reply that
+# needs more is cut where the guard's context ends (finish_reason "length").
+CHAT_REPLY_BYTES_PER_TOKEN = 4
 
 
 def tokens_bound(contents: Iterable[str]) -> int:

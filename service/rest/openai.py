@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from service.chat.holdback import ScreenedReply
 from service.chat.types import ChatDelta, ChatEnd, ChatMessage, ChatRole
 from service.config import Settings
-from service.core.errors import InternalError, RequestTimeout, ServiceError
+from service.core.errors import InternalError, RequestTimeout, ServiceError, shown
 from service.core.limits import ItemPath, LimitExceeded
 from service.core.pipeline import GuardedPipeline
 from service.guard.scanner import Message, ScanResult
@@ -115,7 +115,7 @@ def _text_parts_only(value: Any, what: str) -> Any:
             if kind != "text" or not isinstance(part.get("text"), str):
                 raise ValueError(
                     f"part {index}: only text parts ({{'type': 'text', 'text': ...}}) are "
-                    f"supported in {what}, not {kind!r}"
+                    f"supported in {what}, not {shown(repr(kind))}"
                 )
     return value
 

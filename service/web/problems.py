@@ -21,9 +21,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.core.errors import ERRORS, InternalError, ServiceError
+from service.core.errors import ERRORS, InternalError, ServiceError, shown
 from service.core.limits import LimitExceeded, Violation
 from service.logging import get_request_id
+
+MESSAGE_CHARS = 500  # of one validation error's message
 
 logger = logging.getLogger("service.web")
 
@@ -80,16 +82,21 @@ def problem_response(
 
 
 def _clean_errors(errors: Any, prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    """Pydantic errors without the echoed input (it can be megabytes) or the docs URL."""
+    """Pydantic errors without the echoed input (it can be megabytes) or the docs URL; a
+    validator's own error is in ``msg`` once, not again in ``ctx``, and no value is repeated
+    at length."""
     cleaned = []
     for error in errors:
         item: dict[str, Any] = {
             "loc": [*prefix, *error.get("loc", ())],
-            "msg": error.get("msg", ""),
+            "msg": shown(error.get("msg", ""), MESSAGE_CHARS),
             "type": error.get("type", ""),
         }
-        if error.get("ctx"):
-            item["ctx"] = {key: str(value) for key, value in error["ctx"].items()}
+        context = {
+            key: shown(value) for key, value in (error.get("ctx") or {}).items() if key != "error"
+        }
+        if context:
+            item["ctx"] = context
         cleaned.append(item)
     return cleaned
 
