@@ -314,6 +314,9 @@ async def test_unknown_model_is_404(client: httpx.AsyncClient, double: OllamaDou
     assert body["model"] == "gpt-9"
     assert body["available"] == ["sentiment-cnn-int4", "sentiment-cnn-int8"]
     assert double.chat_requests == []
+    # An empty name is not the default: only a name left out is.
+    response = await client.post("/v1/classify", json={"text": "fine", "model": ""})
+    assert problem(response, 404, "/model-not-found")["model"] == ""
     # A long name is not echoed whole.
     response = await client.post("/v1/classify", json={"text": "fine", "model": "g" * 10_000})
     body = problem(response, 404, "/model-not-found")

@@ -4,6 +4,7 @@ and each check's ``ok``. Over HTTP/2 against the real service."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -120,3 +121,20 @@ async def test_without_api_tokens_everyone_sees_everything(
     response = await readyz(open_server)
     assert response.status_code == 200
     assert response.json()["checks"]["ollama"] == {"ok": True, "url": double.url}
+
+
+async def test_concurrent_probes_share_one_check_of_ollama(
+    open_server: ServerProcess, double: OllamaDouble
+) -> None:
+    double.set_latency(0.3, path="/api/tags")  # each check takes a while: probes pile up
+    async with h2_client(open_server) as http:
+        answers = await asyncio.gather(*(http.get("/readyz") for _ in range(20)))
+        assert all(answer.status_code == 200 for answer in answers)
+        assert all(answer.json()["ready"] for answer in answers)
+        # One check for the guard's model and one for the chat model's (both list the tags),
+        # not two per probe.
+        assert len(double.requests_to("/api/tags")) <= 4
+        # Later probes make a check of their own: nothing is kept after the answer.
+        before = len(double.requests_to("/api/tags"))
+        await http.get("/readyz")
+        assert len(double.requests_to("/api/tags")) > before

@@ -124,6 +124,8 @@ class GuardedPipeline:
         )
         self.chunk_policy = ChunkPolicy(settings.chat_chunk_tokens, settings.chat_chunk)
         self._batchers: dict[str, Batcher[tuple[str, str], Prediction]] = {}
+        self._readiness_check: asyncio.Future[dict[str, Any]] | None = None
+        self._chat_check: asyncio.Future[dict[str, Any]] | None = None
 
     # --- read-only views for front ends -----------------------------------------------
     @property
@@ -134,15 +136,20 @@ class GuardedPipeline:
         return self._registry.names()
 
     def model_info(self, name: str | None = None) -> ModelInfo:
-        """Raises ``UnknownModelError`` for a name that is not loaded."""
-        return self._registry.info(name or self._settings.default_model)
+        """Raises ``UnknownModelError`` for a name that is not loaded ("" included: only a
+        name left out means the default)."""
+        return self._registry.info(self._settings.default_model if name is None else name)
 
     def models(self) -> list[ModelInfo]:
         return [self._registry.info(name) for name in self._registry.names()]
 
     async def readiness(self) -> dict[str, Any]:
-        """The scanner's readiness report, with which screens are on."""
-        state = await self._scanner.readiness()
+        """The scanner's readiness report, with which screens are on. Concurrent callers
+        share one check (a flood of probes makes one call to Ollama at a time)."""
+        if self._readiness_check is None or self._readiness_check.done():
+            self._readiness_check = asyncio.ensure_future(self._scanner.readiness())
+            self._readiness_check.add_done_callback(_retrieve)
+        state = dict(await asyncio.shield(self._readiness_check))
         state["screen_input"] = self._settings.guard_screen_input
         state["screen_output"] = self._settings.guard_screen_output
         return state
@@ -243,9 +250,13 @@ class GuardedPipeline:
         return self._chat.model if self._chat is not None and self._chat.enabled else None
 
     async def chat_readiness(self) -> dict[str, Any]:
+        """The chat model's readiness; concurrent callers share one check, as for the guard."""
         if self._chat is None:
             return {"ok": True, "enabled": False, "warning": "chat is off (CHAT_MODEL is empty)"}
-        return await self._chat.readiness()
+        if self._chat_check is None or self._chat_check.done():
+            self._chat_check = asyncio.ensure_future(self._chat.readiness())
+            self._chat_check.add_done_callback(_retrieve)
+        return dict(await asyncio.shield(self._chat_check))
 
     def check_chat(self, messages: Sequence[ChatMessage], max_tokens: int | None) -> int:
         """Raise LimitExceeded for a conversation the chat refuses (one whose screen with a
