@@ -562,6 +562,31 @@ async def test_a_stream_ends_at_the_turn_deadline_even_when_each_screen_is_in_ti
     assert released and LONG_REPLY.startswith(released) and released != LONG_REPLY
 
 
+async def test_a_whole_reply_ends_at_the_turn_deadline_its_input_screen_included(
+    double: OllamaDouble,
+) -> None:
+    # REQUEST_TIMEOUT 2 + CHAT_TIMEOUT 3 = 5 s for all of it: a 1.5 s input screen, 2.5 s
+    # of generation and a 1.5 s output screen take 5.5 s, though each is within its bound.
+    def judge(messages: list[dict[str, Any]]) -> str:
+        time.sleep(1.5)
+        return "safe"
+
+    double.set_rules(judge)
+    double.set_replies(None, default=" ".join(["word"] * 25))
+    double.set_token_delay(0.1)
+    settings = {**SERVER, "request_timeout": 2, "chat_timeout": 3, "guard_timeout": 1.9,
+                "guard_retries": 0}  # fmt: skip
+    with running_server(ollama_host=double.url, **settings) as server:
+        async with _openai(server) as client:
+            started = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as caught:
+                await client.chat.completions.create(model=CHAT, messages=ASK)
+            took = time.monotonic() - started
+    assert caught.value.status_code == 504 and caught.value.code == "request-timeout"
+    assert "5 s" in caught.value.message
+    assert 4.8 < took < 5.45, took
+
+
 # --- chat switched off, tokens required -----------------------------------------------------
 
 

@@ -455,12 +455,17 @@ def _log_end(end: ChatEnd, *, stream: bool) -> None:
 
 
 async def _chunks(
-    reply: ScreenedReply, head: dict[str, Any], include_usage: bool, seconds: float
+    reply: ScreenedReply,
+    head: dict[str, Any],
+    include_usage: bool,
+    seconds: float,
+    deadline: float,
 ) -> AsyncIterator[bytes]:
     """The reply as chat.completion.chunk events: the role, one event per released piece,
     the end; then the usage (when asked) and [DONE]. A failure ends it with an error event
-    and no [DONE], and so does a reply not finished within ``seconds`` (generation and
-    screens are bounded one by one; this bounds them all together)."""
+    and no [DONE], and so does a reply not finished by ``deadline`` (the loop's clock:
+    ``seconds`` after the request began; generation and screens are bounded one by one,
+    this bounds them all together)."""
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
 
     def chunk(delta: dict[str, Any], **choice: Any) -> bytes:
@@ -470,7 +475,6 @@ async def _chunks(
     yield chunk({"role": "assistant", "content": ""})
     events = aiter(reply)
     end: ChatEnd | None = None
-    deadline = asyncio.get_running_loop().time() + seconds
     try:
         while True:
             # Bounded await by await: a timeout must never span a yield (the caller's code
@@ -536,6 +540,9 @@ def create_openai_router(pipeline: GuardedPipeline, settings: Settings) -> APIRo
             "created": int(time.time()),
             "model": body.model,
         }
+        # The whole reply, its input screen included, within one deadline.
+        seconds = settings.chat_turn_timeout()
+        deadline = asyncio.get_running_loop().time() + seconds
         if body.stream:
             # Refusals (blocked input, guard down, limits) are raised here, before any
             # stream exists: they are problem documents, not events.
@@ -543,13 +550,19 @@ def create_openai_router(pipeline: GuardedPipeline, settings: Settings) -> APIRo
                 messages, max_tokens=body.token_limit(), temperature=body.temperature
             )
             return StreamingResponse(
-                _chunks(reply, head, body.include_usage(), settings.chat_turn_timeout()),
+                _chunks(reply, head, body.include_usage(), seconds, deadline),
                 media_type=SSE,
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        whole = await pipeline.chat_complete(
-            messages, max_tokens=body.token_limit(), temperature=body.temperature
-        )
+        try:
+            async with asyncio.timeout_at(deadline) as scope:
+                whole = await pipeline.chat_complete(
+                    messages, max_tokens=body.token_limit(), temperature=body.temperature
+                )
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise RequestTimeout(seconds) from None
         _log_end(whole.end, stream=False)
         choice = {
             "index": 0,
