@@ -330,11 +330,6 @@ def chat_turn(
     return ChatTurn(CHAT, text, history, timeout=settings.chat_turn_timeout())
 
 
-def turn_timeout(settings: Settings) -> float:
-    """The longest a chat turn runs (0 when chat is off)."""
-    return settings.chat_turn_timeout()
-
-
 def _named_skill(
     data: Mapping[str, Any], message: A2AMessage, request_metadata: Mapping[str, Any]
 ) -> Any:

@@ -33,7 +33,7 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute, Route
 
 from service.a2a.card import CARD_PATH, JSONRPC_PATH, REST_PATH, extended_card, public_card
-from service.a2a.chat_skill import IDLE_RELEASE, follow_up_parser, turn_timeout
+from service.a2a.chat_skill import IDLE_RELEASE, follow_up_parser
 from service.a2a.executor import GuardedAgentExecutor
 from service.a2a.openapi import document_a2a
 from service.a2a.push import PushNotifications, create_push
@@ -66,7 +66,7 @@ def mount_a2a(app: FastAPI, pipeline: GuardedPipeline, settings: Settings) -> No
     # No task runs longer than a pipeline call (or a chat turn) may take, plus a graceful
     # shutdown, plus clock skew between replicas: a running task unchanged for longer than
     # that runs nowhere.
-    longest = max(settings.request_timeout, turn_timeout(settings))
+    longest = max(settings.request_timeout, settings.chat_turn_timeout())
     stale_after = longest + settings.graceful_timeout + 1.0
     storage = create_task_storage(
         settings.task_store_url,

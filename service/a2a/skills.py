@@ -247,12 +247,6 @@ class RefusedJob:
     skill: str
     error: ServiceError
 
-    def working_text(self) -> str:
-        return "refused"
-
-    async def run(self, pipeline: GuardedPipeline) -> Outcome:
-        raise self.error
-
 
 def _count(items: Sequence[object]) -> str:
     return f"{len(items)} text{'s' if len(items) != 1 else ''}"

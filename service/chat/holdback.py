@@ -76,10 +76,8 @@ class ScreenedReply:
         scan: Scan | None,  # None: output screening is switched off
         policy: ChunkPolicy,
         started: float | None = None,
-        max_bytes: int | None = None,  # the reply is cut here: its screen must fit the guard
     ) -> None:
         self._generation = generation
-        self._max_bytes = max_bytes
         self._conversation = conversation
         self._scan = scan
         self._policy = policy
@@ -141,22 +139,14 @@ class ScreenedReply:
     async def _produce(self, queue: _Queue) -> None:
         reply = ""
         pieces: list[str] = []
-        size, produced = 0, 0
         try:
             async for piece in self._generation:
-                if not isinstance(piece, Generated):
-                    size += len(piece.encode("utf-8"))
-                    if self._max_bytes is not None and size > self._max_bytes:
-                        # The screen of a longer reply would not fit the guard's context:
-                        # the reply ends here, as at max_tokens.
-                        piece = Generated("length", 0, produced)
                 if isinstance(piece, Generated):
                     if pieces:
                         reply = self._cut(queue, reply, pieces)
                     TOKENS.labels("generated").inc(piece.completion_tokens)
                     queue.put_nowait(_Finished(piece))
                     return
-                produced += 1
                 pieces.append(piece)
                 if self._policy.ends_chunk(len(pieces), piece):
                     reply = self._cut(queue, reply, pieces)

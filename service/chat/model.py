@@ -36,6 +36,28 @@ class Generated:
     completion_tokens: int
 
 
+async def cut_at_bytes(
+    generation: AsyncIterator[str | Generated], max_bytes: int | None
+) -> AsyncIterator[str | Generated]:
+    """``generation`` ended (``length``, as at max_tokens) before its pieces pass
+    ``max_bytes`` UTF-8 bytes together: a longer reply's screen would not fit the guard's
+    context. None: not cut."""
+    size = produced = 0
+    try:
+        async for piece in generation:
+            if isinstance(piece, str):
+                size += len(piece.encode("utf-8"))
+                if max_bytes is not None and size > max_bytes:
+                    yield Generated("length", 0, produced)
+                    return
+                produced += 1
+            yield piece
+    finally:
+        aclose = getattr(generation, "aclose", None)  # a reply cut short stops generating
+        if aclose is not None:
+            await aclose()
+
+
 class ChatModel:
     """Streams replies from ``CHAT_MODEL`` on Ollama."""
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,7 +30,7 @@ import anyio.to_thread
 from prometheus_client import Counter, Histogram
 
 from service.chat.holdback import ChunkPolicy, ScreenedReply
-from service.chat.model import ChatModel, Generated
+from service.chat.model import ChatModel, Generated, cut_at_bytes
 from service.chat.types import ChatEnd, ChatMessage, ChatReply, FinishReason, Usage, guard_view
 from service.config import Settings
 from service.core.errors import (
@@ -124,8 +124,9 @@ class GuardedPipeline:
         )
         self.chunk_policy = ChunkPolicy(settings.chat_chunk_tokens, settings.chat_chunk)
         self._batchers: dict[str, Batcher[tuple[str, str], Prediction]] = {}
-        self._readiness_check: asyncio.Future[dict[str, Any]] | None = None
-        self._chat_check: asyncio.Future[dict[str, Any]] | None = None
+        # Readiness checks shared by concurrent probes (a flood makes one call at a time).
+        self._guard_check = _SharedCall(self._scanner.readiness)
+        self._chat_check = _SharedCall(chat_model.readiness) if chat_model is not None else None
 
     # --- read-only views for front ends -----------------------------------------------
     @property
@@ -145,11 +146,8 @@ class GuardedPipeline:
 
     async def readiness(self) -> dict[str, Any]:
         """The scanner's readiness report, with which screens are on. Concurrent callers
-        share one check (a flood of probes makes one call to Ollama at a time)."""
-        if self._readiness_check is None or self._readiness_check.done():
-            self._readiness_check = asyncio.ensure_future(self._scanner.readiness())
-            self._readiness_check.add_done_callback(_retrieve)
-        state = dict(await asyncio.shield(self._readiness_check))
+        share one check."""
+        state = await self._guard_check()
         state["screen_input"] = self._settings.guard_screen_input
         state["screen_output"] = self._settings.guard_screen_output
         return state
@@ -250,20 +248,19 @@ class GuardedPipeline:
         return self._chat.model if self._chat is not None and self._chat.enabled else None
 
     async def chat_readiness(self) -> dict[str, Any]:
-        """The chat model's readiness; concurrent callers share one check, as for the guard."""
-        if self._chat is None:
+        """The chat model's readiness; concurrent callers share one check."""
+        if self._chat_check is None:
             return {"ok": True, "enabled": False, "warning": "chat is off (CHAT_MODEL is empty)"}
-        if self._chat_check is None or self._chat_check.done():
-            self._chat_check = asyncio.ensure_future(self._chat.readiness())
-            self._chat_check.add_done_callback(_retrieve)
-        return dict(await asyncio.shield(self._chat_check))
+        return await self._chat_check()
 
     def check_chat(self, messages: Sequence[ChatMessage], max_tokens: int | None) -> int:
         """Raise LimitExceeded for a conversation the chat refuses (one whose screen with a
         reply of max_tokens would not fit the guard's context included); the max_tokens to
         use."""
+        if max_tokens is not None and max_tokens < 1:
+            raise LimitExceeded([Violation(("max_tokens",), "at least 1", "greater_than_equal")])
         cap = self._settings.chat_max_tokens
-        tokens = cap if max_tokens is None or max_tokens < 1 else min(max_tokens, cap)
+        tokens = cap if max_tokens is None else min(max_tokens, cap)
         self.chat_limits.check_conversation(
             guard_view(tuple(messages)), reply_bytes=CHAT_REPLY_BYTES_PER_TOKEN * tokens
         )
@@ -274,8 +271,6 @@ class GuardedPipeline:
                 "value_error",
             )
             raise LimitExceeded([violation])
-        if max_tokens is not None and max_tokens < 1:
-            raise LimitExceeded([Violation(("max_tokens",), "at least 1", "greater_than_equal")])
         return tokens
 
     async def chat(
@@ -296,17 +291,9 @@ class GuardedPipeline:
         chat = self._require_chat()
         started = time.perf_counter()
         input_screen = await self._chat_input(conversation)
-        generation = chat.generate(conversation, max_tokens=tokens, temperature=temperature)
+        view, generation = self._generate(chat, conversation, tokens, temperature)
         scan = self._scanner.scan if self._settings.guard_screen_output else None
-        view = guard_view(conversation)
-        reply = ScreenedReply(
-            generation,
-            view,
-            scan,
-            self.chunk_policy,
-            started=started,
-            max_bytes=self.chat_limits.reply_bytes([message.content for message in view]),
-        )
+        reply = ScreenedReply(generation, view, scan, self.chunk_policy, started=started)
         return input_screen, reply
 
     async def chat_complete(
@@ -321,26 +308,14 @@ class GuardedPipeline:
         tokens = self.check_chat(conversation, max_tokens)
         chat = self._require_chat()
         input_screen = await self._chat_input(conversation)
-        view = guard_view(conversation)
-        room = self.chat_limits.reply_bytes([message.content for message in view])
+        view, generation = self._generate(chat, conversation, tokens, temperature)
         pieces: list[str] = []
-        size = 0
         generated = None
-        generation = chat.generate(conversation, max_tokens=tokens, temperature=temperature)
-        try:
-            async for piece in generation:
-                if not isinstance(piece, str):
-                    generated = piece
-                    break
-                size += len(piece.encode("utf-8"))
-                if room is not None and size > room:  # its screen would not fit the guard
-                    generated = Generated("length", 0, len(pieces))
-                    break
+        async for piece in generation:
+            if isinstance(piece, str):
                 pieces.append(piece)
-        finally:
-            aclose = getattr(generation, "aclose", None)  # a reply cut short stops generating
-            if aclose is not None:
-                await aclose()
+            else:
+                generated = piece
         assert generated is not None  # generate() ends with one, or raises
         text = "".join(pieces)
         # Bounded like every screen of a request: a guard queue that does not move must not
@@ -356,6 +331,20 @@ class GuardedPipeline:
             usage = Usage(generated.prompt_tokens, generated.completion_tokens, len(pieces))
             end = ChatEnd(reason, usage, guard_calls=1, screens=(output,))
         return ChatReply(text, end, input_screen, chat.model)
+
+    def _generate(
+        self,
+        chat: ChatModel,
+        conversation: tuple[ChatMessage, ...],
+        tokens: int,
+        temperature: float | None,
+    ) -> tuple[tuple[Message, ...], AsyncIterator[str | Generated]]:
+        """The conversation as the guard reads it, and the reply's generation, cut where the
+        screen of both would no longer fit the guard's context."""
+        view = guard_view(conversation)
+        room = self.chat_limits.reply_bytes([message.content for message in view])
+        generation = chat.generate(conversation, max_tokens=tokens, temperature=temperature)
+        return view, cut_at_bytes(generation, room)
 
     def _require_chat(self) -> ChatModel:
         if self._chat is None or not self._chat.enabled:
@@ -555,7 +544,22 @@ def _batch_observer(name: str) -> Callable[[int, int, float], None]:
     return observe
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
+class _SharedCall:
+    """``call()`` run once for all who ask while it runs; each gets its own copy of the
+    answer, and one caller going away does not cancel it for the others."""
+
+    def __init__(self, call: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self._call = call
+        self._running: asyncio.Future[dict[str, Any]] | None = None
+
+    async def __call__(self) -> dict[str, Any]:
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._call())
+            self._running.add_done_callback(_retrieve)
+        return dict(await asyncio.shield(self._running))
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
     # An abandoned inference that failed must not log "exception was never retrieved".
     if not task.cancelled():
         task.exception()
