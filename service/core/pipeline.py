@@ -125,8 +125,8 @@ class GuardedPipeline:
         self.chunk_policy = ChunkPolicy(settings.chat_chunk_tokens, settings.chat_chunk)
         self._batchers: dict[str, Batcher[tuple[str, str], Prediction]] = {}
         # Readiness checks shared by concurrent probes (a flood makes one call at a time).
-        self._guard_check = _SharedCall(self._scanner.readiness)
-        self._chat_check = _SharedCall(chat_model.readiness) if chat_model is not None else None
+        self._guard_check = _SharedCall(lambda: self._scanner.readiness())
+        self._chat_check = None if chat_model is None else _SharedCall(chat_model.readiness)
 
     # --- read-only views for front ends -----------------------------------------------
     @property
