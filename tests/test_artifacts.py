@@ -11,7 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from service.models.artifacts import NAMES, PACKAGE_ARTIFACTS, ArtifactError, read_artifact
+from service.models.artifacts import (
+    NAMES,
+    PACKAGE_ARTIFACTS,
+    ArtifactError,
+    read_artifact,
+    sha256_file,
+)
 from service.models.registry import LoadedModel, ModelRegistry, UnknownModelError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb_test_sample.jsonl.gz"
@@ -225,6 +231,55 @@ def test_missing_file_is_refused_clearly(tmp_path):
     (folder / "vocab.json").unlink()
     with pytest.raises(ArtifactError, match="missing vocab.json"):
         ModelRegistry.load(["switch-moe"], root=tmp_path)
+
+
+def _vocab(folder: Path) -> dict:
+    return json.loads((folder / "vocab.json").read_text())
+
+
+def test_a_changed_vocabulary_is_refused_by_its_hash(tmp_path):
+    folder = _copy(tmp_path, "sentiment-cnn-int8")
+    vocab = _vocab(folder)
+    tokens = vocab["vocabulary"]
+    great, awful = tokens.index("great"), tokens.index("awful")
+    tokens[great], tokens[awful] = tokens[awful], tokens[great]  # same size, other answers
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(ArtifactError, match="vocab.json has SHA-256"):
+        ModelRegistry.load(["sentiment-cnn-int8"], root=tmp_path)
+
+
+def test_a_card_without_a_vocabulary_hash_is_refused(tmp_path):
+    folder = _copy(tmp_path, "sentiment-cnn-int8")
+    card = json.loads((folder / "card.json").read_text())
+    del card["vocab_sha256"]
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="card.json records None"):
+        ModelRegistry.load(["sentiment-cnn-int8"], root=tmp_path)
+
+
+def test_an_artifact_in_a_folder_of_another_name_is_refused(tmp_path):
+    # The int4 artifact under the int8's name: it would be served as one name, answer as
+    # another.
+    shutil.copytree(PACKAGE_ARTIFACTS / "sentiment-cnn-int4", tmp_path / "sentiment-cnn-int8")
+    with pytest.raises(ArtifactError, match="holds a card named 'sentiment-cnn-int4'"):
+        ModelRegistry.load(["sentiment-cnn-int8"], root=tmp_path)
+
+
+def test_a_vocabulary_padding_to_another_length_is_refused(tmp_path):
+    folder = _copy(tmp_path, "switch-moe")
+    vocab = _vocab(folder)
+    vocab["sequence_length"] = 500  # the MoE has 200 position embeddings
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    card = json.loads((folder / "card.json").read_text())
+    card["vocab_sha256"] = sha256_file(folder / "vocab.json")  # a consistent card, even so
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="pads to 500 tokens, but the model was built for 200"):
+        ModelRegistry.load(["switch-moe"], root=tmp_path)
+
+
+@pytest.mark.parametrize("name", [*NAMES, "hyperbole-lora"])
+def test_an_empty_batch_gives_no_results(registry, name):
+    assert registry.get(name).predict([]) == []
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -136,6 +136,13 @@ def test_a_cascade_over_other_weights_is_refused(tmp_path):
         ModelRegistry.load([CASCADE], root=tmp_path)
 
 
+def test_a_cascade_in_a_folder_of_another_name_is_refused(tmp_path):
+    _copy(tmp_path, STUDENT, TEACHER)
+    shutil.copytree(PACKAGE_ARTIFACTS / CASCADE, tmp_path / "sentiment-fast")
+    with pytest.raises(ArtifactError, match=f"holds a card named '{CASCADE}'"):
+        ModelRegistry.load(["sentiment-fast"], root=tmp_path)
+
+
 def test_a_cascade_with_a_changed_or_missing_member_is_refused(tmp_path):
     _copy(tmp_path, CASCADE, STUDENT, TEACHER)
     weights = tmp_path / TEACHER / "model.safetensors"

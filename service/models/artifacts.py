@@ -82,7 +82,20 @@ def read_artifact(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         if not path.is_file():
             raise ArtifactError(f"artifact {folder.name!r}: missing {path.name} in {folder}")
     card = json.loads(card_path.read_text())
+    if card.get("name") != folder.name:
+        # Served under the folder's name, answered under the card's: they must agree.
+        raise ArtifactError(
+            f"artifact folder {folder.name!r} holds a card named {card.get('name')!r}"
+        )
     check_sha256(weights_path, card, f"artifact {folder.name!r}", "`make train`")
+    # The vocabulary decides every token id the weights see: pinned like the weights.
+    vocab_sha256 = sha256_file(folder / VOCAB)
+    if vocab_sha256 != card.get("vocab_sha256"):
+        raise ArtifactError(
+            f"artifact {folder.name!r}: {VOCAB} has SHA-256 {vocab_sha256}, but card.json "
+            f"records {card.get('vocab_sha256')}; the vocabulary was changed or the card is "
+            "stale (rebuild with `make train`)"
+        )
     tensors = load_file(str(weights_path))
     manifest = tensor_manifest(tensors)
     expected = card.get("tensors", {})

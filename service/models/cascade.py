@@ -93,6 +93,10 @@ class CascadeModel:
         for key in ("name", "version", "threshold", "student", "teacher"):
             if key not in card:
                 raise ArtifactError(f"cascade {folder.name!r}: card.json has no {key!r}")
+        if card["name"] != folder.name:
+            raise ArtifactError(
+                f"cascade folder {folder.name!r} holds a card named {card['name']!r}"
+            )
         student = get(card["student"]["name"])
         teacher = get(card["teacher"]["name"])
         return cls(card, student, teacher, folder_size(folder))

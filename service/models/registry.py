@@ -207,6 +207,12 @@ class LoadedModel:
                 f"artifact {folder.name!r}: vocab.json has {self.vectorizer.vocab_size} tokens, "
                 f"more than the model's {card['config']['vocab_size']} embeddings"
             )
+        if self.vectorizer.sequence_length != card["config"].get("sequence_length"):
+            raise ArtifactError(
+                f"artifact {folder.name!r}: vocab.json pads to "
+                f"{self.vectorizer.sequence_length} tokens, but the model was built for "
+                f"{card['config'].get('sequence_length')}"
+            )
         self.info = ModelInfo(
             name=card["name"],
             version=card["version"],
@@ -220,6 +226,8 @@ class LoadedModel:
         self.batch_group = self.info.name
 
     def predict_proba(self, texts: Sequence[str]) -> list[float]:
+        if not texts:
+            return []
         ids = self.vectorizer(texts)
         with torch.inference_mode():
             return positive_probability(self.module, ids).tolist()
@@ -244,6 +252,8 @@ class AdapterGroup:
         self._index[name] = self.module.add(artifact.adapter)
 
     def predict_proba(self, names: Sequence[str], texts: Sequence[str]) -> list[float]:
+        if not texts:
+            return []
         ids = self.base.vectorizer(texts)
         index = torch.tensor([self._index[name] for name in names], dtype=torch.long)
         with torch.inference_mode():
@@ -292,6 +302,8 @@ class AdapterModel:
         )
 
     def predict_proba(self, texts: Sequence[str]) -> list[float]:
+        if not texts:
+            return []
         if self._merged is None:
             return self._group.predict_proba([self.info.name] * len(texts), texts)
         ids = self._group.base.vectorizer(texts)

@@ -26,6 +26,7 @@ from service.models.artifacts import (
     VOCAB,
     folder_size,
     read_artifact,
+    sha256_file,
     write_card,
     write_weights,
 )
@@ -143,6 +144,7 @@ def _write(ctx: BuildContext, name: str, tensors: dict, vectorizer: Vectorizer, 
         },
         "weights_bytes": (folder / pinned["weights_file"]).stat().st_size,
         **pinned,
+        "vocab_sha256": sha256_file(folder / VOCAB),
     }
     write_card(folder, card)
     texts, labels = ctx.test_set()
