@@ -31,6 +31,17 @@ def _origin(value: str) -> str:
     return value
 
 
+def _seconds(value: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {value!r}")
+    return seconds
+
+
 # The second and third paragraphs of the module docstring, as --help shows them.
 ASK_DESCRIPTION = plain("\n\n".join((__doc__ or "").split("\n\n")[1:3]))
 
@@ -77,6 +88,14 @@ def add_ask_arguments(ask_cmd: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow HTTP/1.1 on plain http:// (default: HTTP/2 with prior knowledge)",
     )
+    ask_cmd.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="seconds an answer (streaming: the next event) may take (default: the "
+        "service's default REQUEST_TIMEOUT + CHAT_TIMEOUT, plus 10)",
+    )
     ask_cmd.add_argument("--json", action="store_true", help="end with the final task as JSON")
 
 
@@ -86,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_ask(args: argparse.Namespace) -> int:
     """Ask, print, and return the exit status (see the module docstring)."""
-    from service.a2a.client import answer_json, ask
+    from service.a2a.client import DEFAULT_TIMEOUT, answer_json, ask
 
     try:
         answer = asyncio.run(
@@ -101,6 +120,7 @@ def run_ask(args: argparse.Namespace) -> int:
                 trust_card_urls=args.trust_card_urls,
                 out=lambda line: print(line, flush=True),
                 notice=lambda line: print(line, file=sys.stderr, flush=True),
+                answer_timeout=args.timeout or DEFAULT_TIMEOUT,
             )
         )
     except Exception as exc:  # unreachable agent, bad card, refused request (A2AError), ...

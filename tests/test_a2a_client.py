@@ -110,3 +110,51 @@ def test_ask_chat_prints_the_reply_and_exits_0(server: ServerProcess, double: Ol
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert result.stdout.splitlines()[-1] == "result: input_required"
     assert "Hello there, how can I help?" in result.stdout.replace("\n  ", "")
+
+
+def test_ask_stream_chat_collects_the_reply_chunks_into_one_artifact(
+    double: OllamaDouble, free_port: Callable[[], int]
+) -> None:
+    reply = " ".join(f"word{i}" for i in range(12))
+    double.set_replies(None, default=reply)
+    port = free_port()
+    # Chunks of 4 tokens: the reply arrives as several appended chunks of one artifact.
+    with running_server(ollama_host=double.url, port=port, chat_chunk_tokens=4) as server:
+        result = ask(server.base_url, "Hi!", "--skill", "chat", "--stream", "--json")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    lines = result.stdout[: result.stdout.index("\n{")].splitlines()
+    assert lines.count("artifact chat-reply:") == 1, lines
+    # The indented lines under the artifact's heading: one per chunk, until the next event.
+    start = lines.index("artifact chat-reply:") + 1
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("  "))
+    printed = [line.strip() for line in lines[start:end]]
+    assert len(printed) >= 3
+    assert " ".join(printed).split() == reply.split()
+    task = json.loads(result.stdout[result.stdout.index("\n{") :])
+    [artifact] = task["artifacts"]
+    assert artifact["name"] == "chat-reply"
+    assert "".join(part["text"] for part in artifact["parts"]).split() == reply.split()
+    assert artifact["metadata"]["finish_reason"] == "stop"  # the last chunk's metadata kept
+
+
+def test_ask_waits_longer_than_the_services_chat_turn_by_default_and_honours_timeout(
+    server: ServerProcess, double: OllamaDouble
+) -> None:
+    from service.a2a.client import DEFAULT_TIMEOUT
+    from service.config import Settings
+
+    # A whole (non-streamed) chat turn may take REQUEST_TIMEOUT + CHAT_TIMEOUT: the client's
+    # default waits longer, so the service's own deadline (a typed error) comes first.
+    assert DEFAULT_TIMEOUT > Settings(chat_model="any").chat_turn_timeout()
+    double.set_replies(None, default="slow " * 20)
+    double.set_token_delay(0.1)  # about 2 s for the whole reply
+    result = ask(server.base_url, "Hi!", "--skill", "chat", "--timeout", "0.5")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: ") and "Timeout" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ask_refuses_a_timeout_that_is_not_a_positive_number() -> None:
+    for bad in ("0", "-1", "soon", "inf"):
+        result = ask("http://127.0.0.1:9", "hello", "--timeout", bad)
+        assert result.returncode == 2 and "--timeout" in result.stderr, (bad, result.stderr)

@@ -38,6 +38,16 @@ from a2a.utils.constants import TransportProtocol
 from google.protobuf.json_format import MessageToDict
 
 from service.a2a.sdk_compat import card_of
+from service.config import Settings
+
+# How long one answer may take: a non-streamed chat turn is answered whole, and the service
+# allows it REQUEST_TIMEOUT + CHAT_TIMEOUT (150 s by default); a little more, so that the
+# service's own deadline (a typed error) comes first. Connecting gets 10 s.
+DEFAULT_TIMEOUT = (
+    Settings.model_fields["request_timeout"].default
+    + Settings.model_fields["chat_timeout"].default
+    + 10.0
+)
 
 Printer = Callable[[str], None]
 
@@ -144,6 +154,7 @@ def http_client(
     send_token_to: Collection[str] = (),
     trust_card_urls: bool = False,
     withheld: Printer | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> httpx.AsyncClient:
     """An HTTP/2 httpx client for ``url`` (h2c prior knowledge on http:// unless http1). The
     token, when given, is sent only to the origin of ``url`` and to ``send_token_to`` (or
@@ -154,7 +165,10 @@ def http_client(
         auth = OriginBearerAuth(token, origins, trust_any=trust_card_urls, withheld=withheld)
     prior_knowledge = url.startswith("http://") and not http1
     return httpx.AsyncClient(
-        http2=True, http1=not prior_knowledge, auth=auth, timeout=httpx.Timeout(60.0)
+        http2=True,
+        http1=not prior_knowledge,
+        auth=auth,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
     )
 
 
@@ -177,12 +191,14 @@ async def ask(
     trust_card_urls: bool = False,
     out: Printer = print,
     notice: Printer | None = None,
+    answer_timeout: float = DEFAULT_TIMEOUT,
 ) -> Answer:
     """Send ``text`` to the agent at ``url``; report events to ``out``; return the answer.
 
     ``token`` goes only to the origin of ``url`` and to ``send_token_to`` (origins such as
     ``https://agent.example.com``), or to every URL the card names with ``trust_card_urls``;
-    ``notice`` is told when it is withheld from an origin."""
+    ``notice`` is told when it is withheld from an origin. ``answer_timeout``: seconds one answer
+    (or, streaming, the wait for the next event) may take."""
     async with http_client(
         url,
         token=token,
@@ -190,6 +206,7 @@ async def ask(
         send_token_to=send_token_to,
         trust_card_urls=trust_card_urls,
         withheld=notice,
+        timeout=answer_timeout,
     ) as http:
         config = ClientConfig(
             streaming=stream,
@@ -223,6 +240,16 @@ def _report(event: StreamResponse, answer: Answer, out: Printer) -> None:
         _report_status_message(update.status.message, out)
     elif event.HasField("artifact_update"):
         artifact = event.artifact_update.artifact
+        held = _held(answer.artifacts, artifact.artifact_id)
+        if event.artifact_update.append and held is not None:
+            # A chunk of an artifact already begun (a streamed chat reply): one artifact.
+            _extend(held, artifact)
+            if answer.task is not None:
+                in_task = _held(answer.task.artifacts, artifact.artifact_id)
+                if in_task is not None:
+                    _extend(in_task, artifact)
+            _report_parts(artifact, out)
+            return
         answer.artifacts.append(artifact)
         if answer.task is not None:
             answer.task.artifacts.append(artifact)
@@ -240,8 +267,22 @@ def _report_status_message(message: Message, out: Printer) -> None:
         out("  " + json.dumps(data, sort_keys=True))
 
 
+def _held(artifacts: Any, artifact_id: str) -> Artifact | None:
+    return next((a for a in artifacts if a.artifact_id == artifact_id), None)
+
+
+def _extend(held: Artifact, chunk: Artifact) -> None:
+    """Add an appended chunk's parts and metadata to the artifact it continues."""
+    held.parts.extend(chunk.parts)
+    held.metadata.update(chunk.metadata)
+
+
 def _report_artifact(artifact: Artifact, out: Printer) -> None:
     out(f"artifact {artifact.name or artifact.artifact_id}:")
+    _report_parts(artifact, out)
+
+
+def _report_parts(artifact: Artifact, out: Printer) -> None:
     for line in get_text_parts(artifact.parts):
         out(f"  {line}")
     for data in get_data_parts(artifact.parts):
