@@ -1,10 +1,13 @@
 """Ask the service's A2A agent with a2a-sdk's own client (it reads the agent card, picks a
 transport and protocol version the card offers, and sends one message).
 
-    python examples/ask_the_a2a_agent.py [--url http://127.0.0.1:8080] [--token T]
-        [--skill sentiment-cnn] "A moving, beautifully acted film."
+    python examples/ask_the_a2a_agent.py "A moving, beautifully acted film."
+        [--url http://127.0.0.1:8080] [--token T] [--skill sentiment-cnn]
 
-Prints the task's final state and its artifacts' text and data parts.
+Prints the task's final state and its artifacts' text and data parts. Exit status 0 when the
+task completed or (the chat skill) waits for the next turn, 1 when it ended otherwise, 2 when
+the agent could not be reached or refused the request. The token is sent only to the origin
+of --url, not to other hosts the agent's card may name.
 """
 
 from __future__ import annotations
@@ -16,15 +19,35 @@ import sys
 import uuid
 
 import httpx
-from a2a.client import ClientConfig, ClientFactory
+from a2a.client import A2AClientError, ClientConfig, ClientFactory
 from a2a.types import Message, Part, Role, SendMessageRequest, TaskState
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
+# A whole chat turn may take REQUEST_TIMEOUT + CHAT_TIMEOUT (150 s by default).
+TIMEOUT = httpx.Timeout(160.0, connect=10.0)
+
+
+class OriginToken(httpx.Auth):
+    """The bearer token on requests to one origin only."""
+
+    def __init__(self, token: str, url: str) -> None:
+        self.token, self.origin = token, httpx.URL(url)
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        same = (request.url.scheme, request.url.host, request.url.port) == (
+            self.origin.scheme,
+            self.origin.host,
+            self.origin.port,
+        )
+        if same:
+            request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
+
 
 async def ask(url: str, text: str, skill: str | None, token: str | None) -> int:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(http2=True, http1=False, headers=headers, timeout=60) as http:
+    auth = OriginToken(token, url) if token else None
+    async with httpx.AsyncClient(http2=True, http1=False, auth=auth, timeout=TIMEOUT) as http:
         client = await ClientFactory(
             ClientConfig(streaming=False, httpx_client=http)
         ).create_from_url(url)
@@ -50,7 +73,8 @@ async def ask(url: str, text: str, skill: str | None, token: str | None) -> int:
                     print(f"{artifact.name}: {part.text}")
                 elif part.HasField("data"):
                     print(f"{artifact.name}: {MessageToDict(part.data)}")
-        return 0 if task.status.state == TaskState.TASK_STATE_COMPLETED else 1
+        answered = (TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_INPUT_REQUIRED)
+        return 0 if task.status.state in answered else 1
 
 
 def main() -> int:
@@ -60,7 +84,11 @@ def main() -> int:
     parser.add_argument("--token", default=os.environ.get("GIS_TOKEN"))
     parser.add_argument("--skill", help="e.g. sentiment-moe, moderation (default: sentiment-cnn)")
     args = parser.parse_args()
-    return asyncio.run(ask(args.url, args.text, args.skill, args.token))
+    try:
+        return asyncio.run(ask(args.url, args.text, args.skill, args.token))
+    except (A2AClientError, httpx.HTTPError) as error:  # unreachable, 401, timeout, ...
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

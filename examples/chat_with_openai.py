@@ -1,7 +1,7 @@
 """Chat with the service's guarded chat model through the official ``openai`` package.
 
-    python examples/chat_with_openai.py [--url http://127.0.0.1:8080] [--token T]
-        [--model llama3.2:1b] "Which films are worth watching twice?"
+    python examples/chat_with_openai.py "Which films are worth watching twice?"
+        [--url http://127.0.0.1:8080] [--token T] [--model llama3.2:1b]
 
 The reply streams as it is released: each piece only after the guard passed the text that
 covers it. A reply the guard stops ends with finish_reason "content_filter"; a question it
@@ -41,6 +41,10 @@ def main() -> int:
     except openai.BadRequestError as refused:
         print(f"refused: {refused.message}")
         return 1
+    except openai.AuthenticationError as error:
+        hint = "" if args.token != "unused" else " (no token given: --token or GIS_TOKEN)"
+        print(f"failed: {error.message}{hint}", file=sys.stderr)
+        return 2
     except openai.APIError as error:
         print(f"failed: {error.message}", file=sys.stderr)
         return 2

@@ -3,10 +3,12 @@
     python examples/classify_a_csv_file.py reviews.csv labelled.csv [--column text]
         [--batch 32] [--url http://127.0.0.1:8080] [--token T]
 
-The output has the input's columns plus ``label``, ``score`` and ``status``: ``ok``, or
-``blocked:S1,S10`` for a row the guard refused. A batch with a blocked text is answered for
-none of its texts, so that batch is sent again one text at a time and only the refused rows
-stay unlabelled. A guard that is down (503) is waited out as its Retry-After says.
+The output has the input's columns plus ``label``, ``score`` and ``status``: ``ok``,
+``blocked:S1,S10`` for a row the guard refused, or ``invalid: <reason>`` for a text the
+service does not take (blank, or longer than MAX_TEXT_CHARS). A batch with a blocked or an
+invalid text is answered for none of its texts, so that batch is sent again one text at a
+time and only those rows stay unlabelled. A guard that is down (503) is waited out as its
+Retry-After says.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Iterator
 
 from tqdm import tqdm
 
-from gis_client import Client, ContentBlocked, TextResult, Unavailable
+from gis_client import Client, ContentBlocked, InvalidRequest, TextResult, Unavailable
 
 
 def _batches(rows: list[dict[str, str]], size: int) -> Iterator[list[dict[str, str]]]:
@@ -28,12 +30,15 @@ def _batches(rows: list[dict[str, str]], size: int) -> Iterator[list[dict[str, s
         yield rows[start : start + size]
 
 
-def classify_rows(gis: Client, texts: list[str]) -> list[TextResult | ContentBlocked]:
-    """One result per text; the refusal in place of each blocked one."""
+Outcome = TextResult | ContentBlocked | InvalidRequest
+
+
+def classify_rows(gis: Client, texts: list[str]) -> list[Outcome]:
+    """One result per text; the refusal in place of each blocked or invalid one."""
     for attempt in range(5):
         try:
             return list(gis.classify(texts).results)
-        except ContentBlocked as refused:
+        except (ContentBlocked, InvalidRequest) as refused:
             if len(texts) == 1:
                 return [refused]
             return [item for text in texts for item in classify_rows(gis, [text])]
@@ -74,6 +79,10 @@ def main() -> int:
                 if isinstance(result, ContentBlocked):
                     codes = ",".join(c.code for c in result.categories)
                     writer.writerow({**row, "label": "", "score": "", "status": f"blocked:{codes}"})
+                elif isinstance(result, InvalidRequest):
+                    reason = "; ".join(str(e.get("msg", "")) for e in result.errors) or "refused"
+                    status = f"invalid: {reason}"
+                    writer.writerow({**row, "label": "", "score": "", "status": status})
                 else:
                     writer.writerow(
                         {

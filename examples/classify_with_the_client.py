@@ -1,7 +1,7 @@
 """Classify and moderate with the service's Python client (gis_client), handling refusals.
 
-    python examples/classify_with_the_client.py [--url http://127.0.0.1:8080] [--token T]
-        "A moving, beautifully acted film." "Two hours I will never get back."
+    python examples/classify_with_the_client.py "A moving, beautifully acted film." \
+        "Two hours I will never get back." [--url http://127.0.0.1:8080] [--token T]
 
 Prints one line per text (label, score, both screens' verdicts), then the guard's verdict
 on the first text as a user's message. A text the guard blocks is reported with its

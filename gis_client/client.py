@@ -20,6 +20,10 @@ from gis_client.errors import error_for
 from gis_client.types import Classification, ModelInfo, Verdict
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+# Seconds an answer may take: past the service's own REQUEST_TIMEOUT (30 s by default), so a
+# slow request ends with the service's 504 (RequestTimeout), not the client's ReadTimeout.
+DEFAULT_TIMEOUT = 35.0
+CONNECT_TIMEOUT = 5.0
 Conversation = Sequence[Mapping[str, str]]  # [{"role": "user"|"assistant", "content": ...}]
 
 
@@ -63,8 +67,8 @@ def _options(
         sent["Authorization"] = f"Bearer {token}"
     cleartext = base_url.startswith("http://")
     # h2c needs prior knowledge (no HTTP/1.1 upgrade dance); TLS negotiates h2 by ALPN.
-    return {"base_url": base_url, "headers": sent, "timeout": timeout, "http2": True,
-            "http1": not cleartext}  # fmt: skip
+    return {"base_url": base_url, "headers": sent, "http2": True, "http1": not cleartext,
+            "timeout": httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))}  # fmt: skip
 
 
 class Client:
@@ -75,7 +79,7 @@ class Client:
         base_url: str = DEFAULT_URL,
         *,
         token: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self._http = httpx.Client(**_options(base_url, token, timeout, headers))
@@ -127,7 +131,7 @@ class AsyncClient:
         base_url: str = DEFAULT_URL,
         *,
         token: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(**_options(base_url, token, timeout, headers))

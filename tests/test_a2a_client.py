@@ -145,7 +145,7 @@ def test_ask_waits_longer_than_the_services_chat_turn_by_default_and_honours_tim
 
     # A whole (non-streamed) chat turn may take REQUEST_TIMEOUT + CHAT_TIMEOUT: the client's
     # default waits longer, so the service's own deadline (a typed error) comes first.
-    assert DEFAULT_TIMEOUT > Settings(chat_model="any").chat_turn_timeout()
+    assert Settings(chat_model="any").chat_turn_timeout() < DEFAULT_TIMEOUT
     double.set_replies(None, default="slow " * 20)
     double.set_token_delay(0.1)  # about 2 s for the whole reply
     result = ask(server.base_url, "Hi!", "--skill", "chat", "--timeout", "0.5")

@@ -185,6 +185,43 @@ def test_the_csv_example_labels_every_row_and_marks_the_blocked_one(
     assert rows[3]["text"] == texts[3] and rows[3]["score"]
 
 
+def test_the_a2a_example_counts_a_chat_reply_as_answered_and_reports_a_401_plainly(
+    server: ServerProcess, double: OllamaDouble
+) -> None:
+    double.set_replies(None, default="Casablanca, for its ending.")
+    chat = run_example(server, "ask_the_a2a_agent.py", "--skill", "chat", "A film tip?")
+    assert chat.returncode == 0, (chat.stdout, chat.stderr)
+    assert "TASK_STATE_INPUT_REQUIRED" in chat.stdout and "Casablanca" in chat.stdout
+    env = {**os.environ, "GIS_URL": server.base_url}
+    env.pop("GIS_TOKEN", None)
+    refused = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "ask_the_a2a_agent.py"), GOOD],
+        capture_output=True, text=True, timeout=120, env=env, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    assert refused.stderr.startswith("error: ") and "401" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_the_csv_example_marks_texts_the_service_does_not_take(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    source, target = tmp_path / "reviews.csv", tmp_path / "labelled.csv"
+    texts = [GOOD, "   ", BAD, "x" * 20_001]  # blank, and over MAX_TEXT_CHARS
+    with source.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text"])
+        writer.writerows([i, text] for i, text in enumerate(texts))
+    done = run_example(server, "classify_a_csv_file.py", str(source), str(target), "--batch", "4")
+    assert done.returncode == 0, done.stderr
+    with target.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    status = [row["status"] for row in rows]
+    assert status[0] == "ok" and status[2] == "ok", status
+    assert status[1].startswith("invalid: ") and status[3].startswith("invalid: "), status
+    assert [row["label"] for row in rows] == ["positive", "", "negative", ""]
+
+
 def test_the_examples_readme_lists_every_example() -> None:
     listed = (REPO / "examples" / "README.md").read_text(encoding="utf-8")
     scripts = sorted(path.name for path in (REPO / "examples").glob("*.py"))
@@ -199,3 +236,14 @@ def test_the_client_needs_only_httpx() -> None:
         source = path.read_text(encoding="utf-8")
         assert "from service" not in source and "import service" not in source, path
     assert httpx.__version__
+
+
+def test_the_client_waits_past_the_services_request_deadline() -> None:
+    from service.config import Settings
+
+    with Client() as gis:
+        timeout = gis._http.timeout
+    # The service answers a request that runs out of time with a typed 504 (RequestTimeout):
+    # the client must still be listening then, and not connect for ever.
+    assert timeout.read is not None and timeout.read > Settings().request_timeout
+    assert timeout.connect is not None and timeout.connect <= 5
