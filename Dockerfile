@@ -32,10 +32,12 @@ COPY pyproject.toml ./
 COPY service ./service
 COPY agents ./agents
 # A regular (non-editable) install: the package, with service/artifacts/* as package data,
-# lands in the virtualenv, so the runtime stage needs nothing from /src.
+# lands in the virtualenv, so the runtime stage needs nothing from /src. The artifact check
+# runs isolated (-I: the working directory is not on the path), so it imports the installed
+# package, not /src/service.
 RUN pip install --no-cache-dir . \
     && python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__; assert not torch.cuda.is_available()" \
-    && python -c "from service.models.artifacts import PACKAGE_ARTIFACTS as p; assert any(p.glob('*/model.safetensors')), p"
+    && python -I -c "from service.models.artifacts import PACKAGE_ARTIFACTS as p; assert 'site-packages' in str(p) and any(p.glob('*/model.safetensors')), p"
 
 # --- runtime: the virtualenv and an unprivileged user, nothing else ---------------------
 FROM ${PYTHON_IMAGE} AS runtime

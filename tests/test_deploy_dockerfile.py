@@ -89,6 +89,10 @@ def test_image_builds_in_stages_from_slim_python_with_the_cpu_build_of_torch() -
     assert ("service", "./service") in copied and ("agents", "./agents") in copied
     assert any("pip install --no-cache-dir ." in c.value[0] for c in build.all("RUN"))
     assert any("model.safetensors" in c.value[0] for c in build.all("RUN")), "artifacts check"
+    # ... of the installed package: isolated (-I), so /src (the working directory) is not on
+    # the path.
+    check = next(c.value[0] for c in build.all("RUN") if "model.safetensors" in c.value[0])
+    assert "python -I -c" in check and "site-packages" in check
     (venv,) = runtime.all("COPY")
     assert venv.flags == ("--from=build",) and venv.value == ("/opt/venv", "/opt/venv")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -216,7 +218,19 @@ def test_a_job_pulls_the_chat_model_like_the_guard_model() -> None:
     guard = find("Job", "guard-model-pull")["spec"]
     chat = find("Job", "chat-model-pull")["spec"]
     (pull,) = chat["template"]["spec"]["containers"]
-    assert pull["args"] == ["pull", "$(CHAT_MODEL)"]
+    # Run the job's command with a stand-in `ollama` that logs its arguments: it pulls the
+    # chat model, and with CHAT_MODEL empty (chat off) succeeds without pulling.
+    assert pull["command"] == ["/bin/sh", "-c"]
+    with tempfile.TemporaryDirectory() as folder:
+        fake, calls = Path(folder) / "ollama", Path(folder) / "calls"
+        fake.write_text('#!/bin/sh\necho "$*" >> "$CALLS"\n', encoding="utf-8")
+        fake.chmod(0o755)
+        for model, expected in (("llama3.2:1b", ["pull llama3.2:1b"]), ("", [])):
+            env = {"PATH": f"{folder}:/usr/bin:/bin", "CALLS": str(calls), "CHAT_MODEL": model}
+            done = subprocess.run(["sh", "-c", *pull["args"]], env=env, timeout=30, check=False)
+            assert done.returncode == 0
+            assert (calls.read_text().splitlines() if calls.exists() else []) == expected
+            calls.unlink(missing_ok=True)
     env = {e["name"]: e["valueFrom"]["configMapKeyRef"] for e in pull["env"]}
     config = find("ConfigMap", "gis-config")["data"]
     assert env["CHAT_MODEL"] == {"name": "gis-config", "key": "CHAT_MODEL"}
