@@ -124,6 +124,22 @@ def test_a_stale_profile_is_not_used(tmp_path: Path) -> None:
     assert not entry["monitored"] and "drift-profile" in entry["reason"]
 
 
+def test_a_cascade_and_an_adapter_are_unmonitored_for_what_they_are_not_a_missing_file() -> None:
+    cards = {
+        name: json.loads((PACKAGE_ARTIFACTS / folder / CARD).read_text())
+        for name, folder in (
+            ("sentiment-cascade", "sentiment-cascade"),
+            ("hyperbole-lora", "adapters/hyperbole-lora"),
+        )
+    }
+    report = DriftMonitor.for_models(Settings(_env_file=None), cards, PACKAGE_ARTIFACTS).report()
+    reasons = {entry["model"]: entry["reason"] for entry in report["models"]}
+    assert "a cascade" in reasons["sentiment-cascade"]
+    assert "a LoRA adapter" in reasons["hyperbole-lora"]
+    # Not the advice to build a profile, which drift-profile cannot do for them.
+    assert not any("drift-profile" in reason for reason in reasons.values())
+
+
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "service", *args],

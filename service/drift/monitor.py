@@ -169,6 +169,10 @@ class DriftMonitor:
         windows: dict[str, ModelWindow] = {}
         unmonitored: dict[str, str] = {}
         for name, card in cards.items():
+            derived = _no_profile_of_its_own(card)
+            if derived:
+                unmonitored[name] = derived
+                continue
             folder = root / name
             try:
                 profile = ReferenceProfile.load(folder)
@@ -335,3 +339,13 @@ class DriftMonitor:
 
     def knows(self, model: str) -> bool:
         return model in self._windows or model in self._unmonitored
+
+
+def _no_profile_of_its_own(card: Mapping[str, Any]) -> str:
+    """Why a model can have no reference profile (empty: it can): profiles are made for an
+    artifact with its own weights and vocabulary, which a cascade and an adapter are not."""
+    if card.get("architecture") == "cascade":
+        return "a cascade of two models has no drift profile of its own"
+    if card.get("kind") == "lora-adapter":
+        return "a LoRA adapter has no drift profile of its own (it reads its base's tokens)"
+    return ""
