@@ -17,6 +17,7 @@ import asyncio
 import os
 import sys
 import uuid
+from collections.abc import Generator
 
 import httpx
 from a2a.client import A2AClientError, ClientConfig, ClientFactory
@@ -34,7 +35,7 @@ class OriginToken(httpx.Auth):
     def __init__(self, token: str, url: str) -> None:
         self.token, self.origin = token, httpx.URL(url)
 
-    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         same = (request.url.scheme, request.url.host, request.url.port) == (
             self.origin.scheme,
             self.origin.host,

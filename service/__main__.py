@@ -226,8 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
-    if args.command == "config":
-        return cmd_config(args)
+    if args.command in ("config", "guard-check"):
+        from pydantic import ValidationError
+
+        from service.config import invalid_settings
+
+        try:
+            return cmd_config(args) if args.command == "config" else cmd_guard_check(args)
+        except ValidationError as error:
+            print(invalid_settings(error), file=sys.stderr)
+            return 2
     if args.command == "ask":
         from agents.__main__ import run_ask
 

@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.guard.taxonomy import HAZARDS
@@ -329,9 +329,7 @@ def settings_report(settings: Settings) -> dict[str, str]:
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         if name == "api_tokens":
-            shown = ",".join(
-                (entry.partition(":")[0] + ":***") if ":" in entry else "***" for entry in value
-            )
+            shown = ",".join(f"{caller}:***" for caller in _callers(value))
         elif isinstance(value, list):
             shown = ",".join(str(item) for item in value)
         elif isinstance(value, bool):
@@ -352,3 +350,27 @@ def settings_report(settings: Settings) -> dict[str, str]:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def _callers(entries: list[str]) -> list[str]:
+    """The caller name of each API_TOKENS entry, as the service names it (a bare token:
+    ``token-`` and 8 hex digits of its hash), never a part of a token."""
+    from service.web.auth import token_identities
+
+    try:
+        return list(token_identities(entries).values())
+    except ValueError:  # an entry the service refuses at start: show nothing of it
+        return ["***"] * len(entries)
+
+
+def invalid_settings(error: ValidationError) -> str:
+    """A settings error as the user set it: one line per variable, not a traceback. The
+    value is echoed only for settings that hold no secret."""
+    lines = [f"error: {error.error_count()} invalid setting(s):"]
+    for item in error.errors():
+        name = "_".join(str(part) for part in item["loc"]).upper() or "settings"
+        value = item.get("input")
+        secret = name.startswith(("API_TOKENS", "TASK_STORE_URL"))
+        shown = "" if secret or isinstance(value, dict) else f" (got {str(value)[:100]!r})"
+        lines.append(f"  {name}: {item['msg']}{shown}")
+    return "\n".join(lines)

@@ -38,10 +38,11 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError
 from prometheus_client.multiprocess import mark_process_dead
+from pydantic import ValidationError
 
 from service import connection_limit, h2_patch
 from service.cli_help import plain, settings_epilog
-from service.config import Settings
+from service.config import Settings, invalid_settings
 from service.logging import configure_logging
 from service.web.metrics import MULTIPROCESS_DIR
 
@@ -263,8 +264,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """``serve`` subcommand: settings from the environment, overridden by the options."""
-    return serve(settings_from_args(args))
+    """``serve`` subcommand: settings from the environment, overridden by the options. An
+    invalid setting is reported in a line per variable (exit 2), not as a traceback."""
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as error:
+        print(invalid_settings(error), file=sys.stderr)
+        return 2
+    return serve(settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ name every setting (``serve``) and offer no option a command ignores (``quantize
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -51,13 +52,32 @@ def test_config_prints_every_setting_with_secrets_masked() -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert set(report) == {name.upper() for name in Settings.model_fields}
-    assert report["API_TOKENS"] == "alice:***,***"
+    # A bare token shows the caller name the service gives it (token- and 8 hex digits of
+    # its SHA-256), as the logs and the guard's per-caller share name it.
+    bare = "token-" + hashlib.sha256(b"bare-t0ken").hexdigest()[:8]
+    assert report["API_TOKENS"] == f"alice:***,{bare}:***"
     assert report["TASK_STORE_URL"] == "postgresql://gis:***@db:5432/gis"
     assert report["GUARD_TIMEOUT"] == "4.0" and report["CHAT_MODEL"] == "llama3.2:1b"
     for secret in ("s3cret-token", "bare-t0ken", "pa55word"):
         assert secret not in done.stdout
     plain = gis("config", env=env)
-    assert "API_TOKENS=alice:***,***" in plain.stdout.splitlines()
+    assert f"API_TOKENS=alice:***,{bare}:***" in plain.stdout.splitlines()
+    # What precedes a colon that is no caller name is part of the token: never shown.
+    odd = gis("config", "--json", env={"API_TOKENS": "not a name:s3cret"})
+    assert "not a name" not in odd.stdout and "s3cret" not in odd.stdout
+
+
+def test_an_invalid_setting_is_reported_per_variable_not_as_a_traceback() -> None:
+    env = {"PORT": "70000", "GUARD_BLOCK_CATEGORIES": "S1,S99", "API_TOKENS": "dup,dup"}
+    for command in (("serve",), ("config",), ("guard-check", "hello")):
+        done = gis(*command, env=env)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "Traceback" not in done.stderr, command
+        lines = done.stderr.splitlines()
+        assert lines[0].startswith("error: ") and "invalid setting" in lines[0], command
+        assert any(line.startswith("  PORT: ") and "70000" in line for line in lines)
+        blocked = [line for line in lines if line.startswith("  GUARD_BLOCK_CATEGORIES: ")]
+        assert blocked and "S99" in blocked[0]
 
 
 def test_ask_runs_the_a2a_client(closed_port: int) -> None:
