@@ -435,44 +435,55 @@ def test_every_image_is_pinned_to_a_version() -> None:
     assert {i for i in k8s.values() if i.startswith("ollama/")} == {ollama}
 
 
-def test_the_models_are_warm_before_the_api_starts(tmp_path: Path) -> None:
+def test_the_models_are_warm_before_the_api_starts(
+    tmp_path: Path, fresh_double: OllamaDouble
+) -> None:
     services = stack((COMPOSE,), {})["services"]
     warm, api = services["model-warm"], services["api"]
-    assert warm["image"] == services["ollama"]["image"] and warm["restart"] == "no"
+    # The api's image and settings: the guard is warmed through the api's own guard client.
+    assert warm["image"] == api["image"] and warm["build"] == api["build"]
+    assert warm["env_file"] == api["env_file"] and warm["restart"] == "no"
     assert api["depends_on"]["model-warm"]["condition"] == "service_completed_successfully"
     for pull in ("guard-model", "chat-model"):  # warmed once pulled
         assert warm["depends_on"][pull]["condition"] == "service_completed_successfully"
     assert warm["environment"]["OLLAMA_HOST"] == api["environment"]["OLLAMA_HOST"]
-    for env in ({}, {"GUARD_MODEL": "llama-guard3:8b", "CHAT_MODEL": "", "GUARD_KEEP_ALIVE": "1h"}):
+    changed = {"GUARD_MODEL": "llama-guard3:8b", "CHAT_MODEL": "", "GUARD_KEEP_ALIVE": "1h"}
+    for env in ({}, {**changed, "GUARD_NUM_CTX": "8192"}):
         warm_env = stack((COMPOSE,), env)["services"]["model-warm"]["environment"]
         api_env = stack((COMPOSE,), env)["services"]["api"]["environment"]
-        for name in ("GUARD_MODEL", "CHAT_MODEL", "GUARD_KEEP_ALIVE"):
-            assert warm_env[name] == api_env[name], name  # the models the api will use
+        for name in ("GUARD_MODEL", "CHAT_MODEL", "GUARD_KEEP_ALIVE", "GUARD_NUM_CTX"):
+            assert warm_env[name] == api_env[name], name  # the models and options of the api
 
-    # The script, run with a stand-in `ollama` that logs its arguments.
+    # The script, run for real (this interpreter as the image's `python`) against the
+    # Ollama double: the guard's call carries the api's options, the chat model is asked once.
     assert warm["entrypoint"][:2] == ["/bin/sh", "-c"]
-    script = warm["entrypoint"][2]
-    fake = tmp_path / "ollama"
-    fake.write_text('#!/bin/sh\necho "$*" >> "$CALLS"\nexit "${FAIL:-0}"\n', encoding="utf-8")
-    fake.chmod(0o755)
+    script = warm["entrypoint"][2].replace("$$", "$")  # Compose's escape for a literal $
+    stand_in = tmp_path / "python"
+    stand_in.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+    stand_in.chmod(0o755)
 
-    def run(chat_model: str, fail: str = "0") -> tuple[int, list[str]]:
-        calls = tmp_path / "calls"
-        calls.unlink(missing_ok=True)
-        env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CALLS": str(calls), "FAIL": fail}
-        env |= {"GUARD_MODEL": "llama-guard3:1b", "GUARD_KEEP_ALIVE": "30m"}
-        env |= {"CHAT_MODEL": chat_model}
-        done = subprocess.run(["sh", "-c", script], env=env, timeout=30, check=False)
-        lines = calls.read_text().splitlines() if calls.exists() else []
-        return done.returncode, lines
+    def run(chat_model: str) -> int:
+        env = {name: str(value) for name, value in warm["environment"].items()}
+        env |= {"OLLAMA_HOST": fresh_double.url, "CHAT_MODEL": chat_model}
+        env |= {"PATH": f"{tmp_path}:/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
+        done = subprocess.run(["sh", "-c", script], env=env, cwd=tmp_path, timeout=120, check=False)
+        return done.returncode
 
-    assert run("llama3.2:1b") == (
-        0,
-        ["run --keepalive 30m llama-guard3:1b hello", "run --keepalive 30m llama3.2:1b hello"],
-    )
-    assert run("") == (0, ["run --keepalive 30m llama-guard3:1b hello"])  # chat off
-    code, calls = run("llama3.2:1b", fail="1")
-    assert code != 0 and calls == ["run --keepalive 30m llama-guard3:1b hello"]  # api waits
+    assert run("llama3.2:1b") == 0
+    [screen] = fresh_double.chat_requests
+    assert screen.body["model"] == "llama-guard3:1b" and screen.body["keep_alive"] == "30m"
+    assert screen.body["options"]["num_ctx"] == Settings().guard_num_ctx == 16384
+    [generation] = fresh_double.generation_requests
+    assert generation.body["model"] == "llama3.2:1b" and generation.body["keep_alive"] == "30m"
+    fresh_double.reset()
+    assert run("") == 0  # chat off: the guard only
+    assert len(fresh_double.chat_requests) == 1 and not fresh_double.generation_requests
+    fresh_double.reset()
+    fresh_double.set_rules([("hello", "unsafe\nS1")])
+    assert run("") == 0  # a verdict of any kind: the model is loaded
+    fresh_double.reset()
+    fresh_double.fail_next(1, status=500)  # no verdict: the api does not start
+    assert run("llama3.2:1b") != 0 and not fresh_double.generation_requests
 
 
 def test_env_example_documents_every_variable_with_the_files_defaults() -> None:
