@@ -5,7 +5,9 @@ batcher.submit(items)`` (texts, or (model, text) pairs); a worker coroutine take
 calls (up to ``max_texts`` items, waiting at most ``max_wait`` seconds for more), runs ONE
 blocking forward over all their items in a worker thread, and hands each caller its own
 slice. A model's forward is per-text deterministic (fixed-length rows, MoE
-routing per sequence), so a text's result does not depend on the batch it ran in.
+routing per sequence), so a text's result does not depend on the batch it ran in, up to
+float rounding: the matrix products of the dense layers take other kernels for other row
+counts, which moves a probability by about 1e-8.
 
 The worker runs only while there is work: it starts on the first call after an idle spell
 and ends when the queue is empty, so an idle batcher holds no task. The wait for more calls
