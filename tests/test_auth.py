@@ -395,3 +395,26 @@ def test_open_paths() -> None:
         assert is_open(path)
     for path in ("/", "/a2a/jsonrpc", "/a2a/rest/tasks", "/v1/models", "/healthz/x", "/metricsx"):
         assert not is_open(path)
+
+
+async def test_a_callers_cached_verdicts_are_its_own(
+    double: OllamaDouble, free_port: Callable[[], int]
+) -> None:
+    # A cached verdict answers at once and says so: shared between callers, it would tell
+    # one caller that another had sent the same text.
+    port = free_port()
+    alice, bob = bearer("alice-token-3c1d"), bearer("bob-token-9a7e")
+    body = {"text": "A private note: the merger closes at five."}
+    tokens = "alice:alice-token-3c1d,bob:bob-token-9a7e"
+    with running_server(
+        ollama_host=double.url, port=port, api_tokens=tokens, guard_cache_size=64
+    ) as server:
+        async with h2_client(server) as http:
+            first = (await http.post("/v1/moderate", json=body, headers=alice)).json()
+            again = (await http.post("/v1/moderate", json=body, headers=alice)).json()
+            other = (await http.post("/v1/moderate", json=body, headers=bob)).json()
+    assert (first["cached"], again["cached"], other["cached"]) == (False, True, False), (
+        first,
+        other,
+    )
+    assert len(double.chat_requests) == 2  # one screen each caller, none shared

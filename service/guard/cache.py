@@ -14,11 +14,14 @@ from collections.abc import Callable, Sequence
 from service.guard.scanner import Message, ScanResult
 
 
-def conversation_key(model: str, messages: Sequence[Message]) -> str:
-    """SHA-256 of the model and the role-tagged conversation. Each string is written with
+def conversation_key(model: str, messages: Sequence[Message], scope: str = "") -> str:
+    """SHA-256 of the model and the role-tagged conversation (and ``scope``, the caller
+    whose verdicts these are, when verdicts are kept per caller). Each string is written with
     its length in front (``5:hello``), so no text can pass for a boundary: unambiguous, and
     a third of the cost of a JSON encoding (a 32-text request makes 64 keys)."""
     parts = [f"{len(model)}:{model}"]
+    if scope:
+        parts.append(f"{len(scope)}:{scope}")
     for message in messages:
         parts.append(f"{len(message.role)}:{message.role}{len(message.content)}:{message.content}")
     return hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).hexdigest()

@@ -87,6 +87,7 @@ class LlamaGuard:
             )
         self._semaphore = asyncio.Semaphore(settings.guard_concurrency)
         self._cache = VerdictCache(settings.guard_cache_size, settings.guard_cache_ttl)
+        self._per_caller = bool(settings.api_tokens)  # verdicts kept per caller (_key)
         self._inflight: dict[str, asyncio.Future[ScanResult]] = {}
         self._waiters: dict[asyncio.Future[ScanResult], int] = {}  # callers awaiting a call
         self._admission = Admission(
@@ -152,7 +153,7 @@ class LlamaGuard:
         for messages in conversations:
             started = time.perf_counter()
             conversation = _validated(messages)
-            hit = self._cache.get(conversation_key(self.model, conversation))
+            hit = self._cache.get(self._key(conversation))
             if hit is None:
                 found.append(None)
                 continue
@@ -169,6 +170,14 @@ class LlamaGuard:
                 self._count(hit, stage, hits)
         return found
 
+    def _key(self, conversation: tuple[Message, ...]) -> str:
+        """The conversation's key for the cache and for sharing an in-flight call. With
+        API_TOKENS, callers are told apart, and a verdict (or a call) one caller caused must
+        not show another that its text was sent (a cached verdict answers at once): each
+        caller's verdicts are its own. Without tokens anyone may call, and all share them."""
+        scope = caller.get() if self._per_caller else ""
+        return conversation_key(self.model, conversation, scope)
+
     def _cache_hit(self, key: str, stage: str, started: float) -> ScanResult | None:
         hit = self._cache.get(key)
         if hit is None:
@@ -178,7 +187,7 @@ class LlamaGuard:
 
     async def _screen(self, conversation: tuple[Message, ...], stage: str) -> ScanResult:
         started = time.perf_counter()
-        key = conversation_key(self.model, conversation)
+        key = self._key(conversation)
         hit = self._cache_hit(key, stage, started)
         if hit is not None:
             return hit
