@@ -370,3 +370,18 @@ async def test_a_screen_turned_off_is_shown_by_readyz_and_skipped(ollama_double)
     # Only the input conversation reached the guard.
     assert [len(r.body["messages"]) for r in ollama_double.chat_requests] == [1]
     assert any("screening is OFF" in str(e.get("message")) for e in server.logs())
+
+
+async def test_a_422_repeats_neither_a_huge_key_nor_every_unknown_key(
+    server: ServerProcess,
+) -> None:
+    huge_key = {"text": "a", "k" * 900_000: 1}
+    many_keys = {"text": "a", **{f"key{i}": 1 for i in range(5_000)}}
+    async with h2_client(server) as http:
+        for path, body in (("/v1/classify", huge_key), ("/v1/classify", many_keys)):
+            response = await http.post(path, json=body)
+            assert response.status_code == 422, response.text[:300]
+            assert len(response.content) < 10_000, (path, len(response.content))
+        answer = (await http.post("/v1/classify", json=many_keys)).json()
+    assert len(answer["errors"]) == 50
+    assert answer["detail"] == "5000 problem(s) with the request; the first 50 are listed"

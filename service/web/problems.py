@@ -26,6 +26,8 @@ from service.core.limits import LimitExceeded, Violation
 from service.logging import get_request_id
 
 MESSAGE_CHARS = 500  # of one validation error's message
+LOC_CHARS = 100  # of one part of an error's location (a caller's key names it)
+LISTED_ERRORS = 50  # validation errors listed in one answer (each unknown key makes one)
 
 logger = logging.getLogger("service.web")
 
@@ -86,9 +88,11 @@ def _clean_errors(errors: Any, prefix: tuple[Any, ...] = ()) -> list[dict[str, A
     validator's own error is in ``msg`` once, not again in ``ctx``, and no value is repeated
     at length."""
     cleaned = []
-    for error in errors:
+    for error in errors[:LISTED_ERRORS]:
+        location = [part if isinstance(part, int) else shown(part, LOC_CHARS)
+                    for part in error.get("loc", ())]  # fmt: skip
         item: dict[str, Any] = {
-            "loc": [*prefix, *error.get("loc", ())],
+            "loc": [*prefix, *location],
             "msg": shown(error.get("msg", ""), MESSAGE_CHARS),
             "type": error.get("type", ""),
         }
@@ -103,11 +107,14 @@ def _clean_errors(errors: Any, prefix: tuple[Any, ...] = ()) -> list[dict[str, A
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = _clean_errors(exc.errors())
+    found = exc.errors()
+    errors = _clean_errors(found)
     if any(error["type"] == "json_invalid" for error in errors):
         detail = "the request body is not valid JSON"
     else:
-        detail = f"{len(errors)} problem(s) with the request"
+        detail = f"{len(found)} problem(s) with the request"
+        if len(found) > len(errors):
+            detail += f"; the first {len(errors)} are listed"
     return problem_response(request, 422, "validation-error", detail, errors=errors)
 
 
