@@ -555,3 +555,24 @@ async def test_a_refusal_repeats_at_most_a_bounded_part_of_what_it_refuses(
     )
     error = rpc_error(response)
     assert "no model named 'mmm" in error["message"] and len(response.content) < 1_000
+
+
+async def test_a_drift_report_request_too_long_to_screen_with_its_report_is_invalid_params(
+    http: httpx.AsyncClient, double: OllamaDouble
+) -> None:
+    # Each text is within MAX_TEXT_CHARS, but the request and the report together would not
+    # fit the guard's context: refused now, not a task failed later as a guard outage.
+    long_texts = ["word " * 1_800, "more " * 1_800]  # 9,000 characters each
+    message = message_1_0({"data": {"skill": "drift-report", "texts": long_texts}})
+    response = await http.post(
+        "/a2a/jsonrpc", json=envelope("SendMessage", {"message": message}), headers=V1
+    )
+    error = rpc_error(response)
+    assert error["code"] == -32602 and "GUARD_NUM_CTX" in error["message"], error
+    assert double.requests == []  # nothing was screened, no task was made
+    # A short request is answered (screened with its report) as before.
+    message = message_1_0({"data": {"skill": "drift-report", "texts": ["how is drift?"]}})
+    response = await http.post(
+        "/a2a/jsonrpc", json=envelope("SendMessage", {"message": message}), headers=V1
+    )
+    assert response.status_code == 200 and "error" not in response.json(), response.text[:300]

@@ -352,20 +352,33 @@ def parse_job(
     return ClassifyJob(skill, tuple(texts), model)
 
 
+DRIFT_REPORT_GROWTH = 1024  # bytes the report may gain between the request and its task
+
+
 def _drift_job(texts: list[str], data: Mapping[str, Any], pipeline: GuardedPipeline) -> DriftJob:
     if "messages" in data:
         raise _invalid(f"'messages' belongs to the moderation skill, not {DRIFT_REPORT!r}")
     model = data.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise _invalid("'model' must be a non-empty string")
+    request = "\n".join(texts)
     try:
         if texts:
             pipeline.limits.check_texts(texts)
         if model is not None:
             pipeline.model_info(model)
+        if request:
+            # The output screen reads the request and the report together: refused here, as
+            # too long, when both would not fit the guard's context (with room for the
+            # report to grow a little before the task runs), not failed later as an outage.
+            from service.drift.outcome import screened_text
+
+            report = screened_text(pipeline.drift_status(model))
+            room = len(report.encode()) + DRIFT_REPORT_GROWTH
+            pipeline.limits.check_conversation([Message("user", request)], reply_bytes=room)
     except ServiceError as exc:
         raise protocol_error(exc) from None
-    return DriftJob(DRIFT_REPORT, model, "\n".join(texts))
+    return DriftJob(DRIFT_REPORT, model, request)
 
 
 def _read_part(part: Part, index: int) -> tuple[list[str], dict[str, Any] | None]:
