@@ -226,16 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
-    if args.command in ("config", "guard-check"):
-        from pydantic import ValidationError
-
-        from service.config import invalid_settings
-
-        try:
-            return cmd_config(args) if args.command == "config" else cmd_guard_check(args)
-        except ValidationError as error:
-            print(invalid_settings(error), file=sys.stderr)
-            return 2
+    if args.command == "config":
+        return _clear_errors(cmd_config, args)
     if args.command == "ask":
         from agents.__main__ import run_ask
 
@@ -259,15 +251,22 @@ def main(argv: list[str] | None = None) -> int:
         return _clear_errors(cmd_drift, args)
     if args.command == "drift-profile":
         return _clear_errors(cmd_drift_profile, args)
-    return cmd_guard_check(args)
+    return _clear_errors(cmd_guard_check, args)
 
 
 def _clear_errors(command, args: argparse.Namespace) -> int:
-    """Run a command; a user's mistake (unknown model, bad path) prints one line, not a trace."""
+    """Run a command; a user's mistake (unknown model, bad path, a bad setting) prints one
+    line (for settings, one per variable), not a trace."""
+    from pydantic import ValidationError
+
+    from service.config import invalid_settings
     from service.models.registry import ArtifactError, UnknownModelError
 
     try:
         return command(args)
+    except ValidationError as error:  # a ValueError too, told per variable
+        print(invalid_settings(error), file=sys.stderr)
+        return 2
     except (UnknownModelError, ArtifactError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

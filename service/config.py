@@ -319,7 +319,8 @@ class Settings(BaseSettings):
         return f"{scheme}://{host}:{self.port}"
 
 
-SECRET_FIELDS = frozenset({"api_tokens"})
+# Settings that hold secrets: never echoed (an API token; the task store URL's password).
+SECRET_FIELDS = frozenset({"api_tokens", "task_store_url"})
 
 
 def settings_report(settings: Settings) -> dict[str, str]:
@@ -370,7 +371,7 @@ def invalid_settings(error: ValidationError) -> str:
     for item in error.errors():
         name = "_".join(str(part) for part in item["loc"]).upper() or "settings"
         value = item.get("input")
-        secret = name.startswith(("API_TOKENS", "TASK_STORE_URL"))
+        secret = bool(item["loc"]) and str(item["loc"][0]) in SECRET_FIELDS
         shown = "" if secret or isinstance(value, dict) else f" (got {str(value)[:100]!r})"
         lines.append(f"  {name}: {item['msg']}{shown}")
     return "\n".join(lines)

@@ -165,15 +165,19 @@ def test_the_a2a_example_asks_the_agent(server: ServerProcess) -> None:
     assert "moderation-result" in moderated.stdout
 
 
+def _write_reviews(path: Path, texts: list[str]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text"])
+        writer.writerows([i, text] for i, text in enumerate(texts))
+
+
 def test_the_csv_example_labels_every_row_and_marks_the_blocked_one(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     source, target = tmp_path / "reviews.csv", tmp_path / "labelled.csv"
     texts = [GOOD, BAD, BLOCKED, GOOD + " Again.", BAD + " Again."]
-    with source.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text"])
-        writer.writerows([i, text] for i, text in enumerate(texts))
+    _write_reviews(source, texts)
     done = run_example(server, "classify_a_csv_file.py", str(source), str(target), "--batch", "2")
     assert done.returncode == 0, done.stderr
     assert "5/5" in done.stderr  # the progress bar reached the end
@@ -208,10 +212,7 @@ def test_the_csv_example_marks_texts_the_service_does_not_take(
 ) -> None:
     source, target = tmp_path / "reviews.csv", tmp_path / "labelled.csv"
     texts = [GOOD, "   ", BAD, "x" * 20_001]  # blank, and over MAX_TEXT_CHARS
-    with source.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text"])
-        writer.writerows([i, text] for i, text in enumerate(texts))
+    _write_reviews(source, texts)
     done = run_example(server, "classify_a_csv_file.py", str(source), str(target), "--batch", "4")
     assert done.returncode == 0, done.stderr
     with target.open(newline="", encoding="utf-8") as handle:

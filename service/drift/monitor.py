@@ -344,8 +344,10 @@ class DriftMonitor:
 def _no_profile_of_its_own(card: Mapping[str, Any]) -> str:
     """Why a model can have no reference profile (empty: it can): profiles are made for an
     artifact with its own weights and vocabulary, which a cascade and an adapter are not."""
-    if card.get("architecture") == "cascade":
+    from service.models import adapters, cascade
+
+    if card.get("architecture") == cascade.ARCHITECTURE:
         return "a cascade of two models has no drift profile of its own"
-    if card.get("kind") == "lora-adapter":
+    if card.get("kind") == adapters.KIND:
         return "a LoRA adapter has no drift profile of its own (it reads its base's tokens)"
     return ""

@@ -27,6 +27,7 @@ from service.models.lora import CNNAdapter, LoRAConfig
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTERS_FOLDER = "adapters"  # under the artifacts root
+KIND = "lora-adapter"  # an adapter card's "kind"
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,15 @@ def check_sha256(path: Path, card: dict, what: str, rebuild: str) -> None:
         )
 
 
+def check_named(folder: Path, card: dict, what: str = "artifact") -> None:
+    """Refuse a card named unlike its folder: the model is served under the folder's name and
+    answers under the card's, so they must agree."""
+    if card.get("name") != folder.name:
+        raise ArtifactError(
+            f"{what} folder {folder.name!r} holds a card named {card.get('name')!r}"
+        )
+
+
 def read_artifact(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """The card and the tensors, after checking hash and every tensor's shape and dtype."""
     card_path, weights_path = folder / CARD, folder / WEIGHTS
@@ -82,11 +91,7 @@ def read_artifact(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         if not path.is_file():
             raise ArtifactError(f"artifact {folder.name!r}: missing {path.name} in {folder}")
     card = json.loads(card_path.read_text())
-    if card.get("name") != folder.name:
-        # Served under the folder's name, answered under the card's: they must agree.
-        raise ArtifactError(
-            f"artifact folder {folder.name!r} holds a card named {card.get('name')!r}"
-        )
+    check_named(folder, card)
     check_sha256(weights_path, card, f"artifact {folder.name!r}", "`make train`")
     # The vocabulary decides every token id the weights see: pinned like the weights.
     vocab_sha256 = sha256_file(folder / VOCAB)

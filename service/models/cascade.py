@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from service.models.artifacts import CARD, ArtifactError, folder_size
+from service.models.artifacts import CARD, ArtifactError, check_named, folder_size
 from service.models.registry import LoadedModel, ModelInfo, Prediction, positive_probability
 from service.models.student import OOV_ID
 
@@ -93,10 +93,7 @@ class CascadeModel:
         for key in ("name", "version", "threshold", "student", "teacher"):
             if key not in card:
                 raise ArtifactError(f"cascade {folder.name!r}: card.json has no {key!r}")
-        if card["name"] != folder.name:
-            raise ArtifactError(
-                f"cascade folder {folder.name!r} holds a card named {card['name']!r}"
-            )
+        check_named(folder, card, "cascade")
         student = get(card["student"]["name"])
         teacher = get(card["teacher"]["name"])
         return cls(card, student, teacher, folder_size(folder))

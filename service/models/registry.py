@@ -22,6 +22,7 @@ from service.models.artifacts import (
     PACKAGE_ARTIFACTS,
     VOCAB,
     ArtifactError,
+    check_named,
     folder_size,
     read_artifact,
 )
@@ -382,8 +383,7 @@ class ModelRegistry:
             base = models[cards[name]["base"]["name"]]
             assert isinstance(base, LoadedModel)
             artifact = read_adapter(adapter_folders[name], base.card)
-            if artifact.name != name:
-                raise ArtifactError(f"adapter folder {name!r} holds a card named {artifact.name!r}")
+            check_named(adapter_folders[name], artifact.card, "adapter")
             group = groups.get(base.info.name) or groups.setdefault(
                 base.info.name, AdapterGroup(base)
             )

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.models.adapters import ADAPTERS_FOLDER, read_adapter, write_adapter
+from service.models.adapters import ADAPTERS_FOLDER, KIND, read_adapter, write_adapter
 from service.models.artifacts import folder_size, write_card
 from service.models.cnn import SentimentCNN
 from service.models.lora import CNNAdapter, LoRAConfig, adapted_logits
@@ -302,7 +302,7 @@ def build_hyperbole(
     card = {
         "name": NAME,
         "version": f"1.0.0+{pinned['weights_sha256'][:8]}",
-        "kind": "lora-adapter",
+        "kind": KIND,
         "description": "Hyperbole detector: rank-4 LoRA on the embedding, both convolutions "
         "and the dense layer of the frozen fp32 sentiment CNN, with a new output head.",
         "labels": list(LABELS),
